@@ -1,0 +1,136 @@
+"""The one place that decides device, dtype and offloading for every model role."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from core.errors import InvalidParameterError
+
+logger = logging.getLogger(__name__)
+
+DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
+DTYPE_CHOICES = ("auto", "fp32", "fp16", "bf16")
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+CUDA = "cuda"  # the only place this literal lives
+MPS = "mps"
+CPU = "cpu"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where and in which precision each model role runs."""
+
+    device: str  # "cuda", "cuda:1", "mps" or "cpu"
+    unet_dtype: torch.dtype
+    text_dtype: torch.dtype
+    vae_dtype: torch.dtype
+    channels_last: bool = False  # NHWC convolutions: faster on CPU with oneDNN
+    offload: bool = False  # low-VRAM: keep models on CPU, move each to the GPU only while it runs
+    vae_tiling: bool = False  # low-VRAM: decode/encode the VAE in tiles
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.torch_device.type in (CUDA, MPS)
+
+    @property
+    def cache_key(self) -> tuple[str, str]:
+        """(device, dtype-name) used to cache loaded models."""
+        return self.device, f"{self.unet_dtype}/{self.text_dtype}/{self.vae_dtype}/{self.offload}"
+
+    def describe(self) -> str:
+        """Human-readable one-liner for status lines and logs."""
+        name = lambda d: str(d).removeprefix("torch.")  # noqa: E731
+        text = f"{self.device} (UNet {name(self.unet_dtype)}, text {name(self.text_dtype)}, VAE {name(self.vae_dtype)})"
+        if self.offload:
+            text += ", low-VRAM offload"
+        return text
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has bf16 matrix units (AMX or AVX512-BF16), where bf16 beats fp32."""
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        fn = getattr(torch.cpu, probe, None)
+        if fn is not None:
+            try:
+                if fn():
+                    return True
+            except RuntimeError:
+                pass
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        flags = cpuinfo.read_text(errors="ignore")
+        return "amx_bf16" in flags or "avx512_bf16" in flags
+    return False
+
+
+def _auto_device() -> str:
+    if torch.cuda.is_available():
+        return CUDA
+    if getattr(torch.backends, MPS, None) is not None and torch.backends.mps.is_available():
+        return MPS
+    return CPU
+
+
+def resolve_placement(device: str | None = "auto", dtype: str | None = "auto", low_vram: bool = False) -> Placement:
+    """Choose device and per-role dtypes; explicit `device`/`dtype` override the automatic choice."""
+    device = (device or "auto").strip().lower()
+    dtype = (dtype or "auto").strip().lower()
+    base = device.split(":")[0]
+    if base not in DEVICE_CHOICES:
+        raise InvalidParameterError(f"device should be one of {', '.join(DEVICE_CHOICES)} but is {device!r}")
+    if dtype not in DTYPE_CHOICES:
+        raise InvalidParameterError(f"dtype should be one of {', '.join(DTYPE_CHOICES)} but is {dtype!r}")
+    if device == "auto":
+        device = _auto_device()
+        base = device
+    if base == CUDA and not torch.cuda.is_available():
+        raise InvalidParameterError("device 'cuda' was requested but no CUDA GPU is available; use --device cpu")
+    if base == MPS and not torch.backends.mps.is_available():
+        raise InvalidParameterError("device 'mps' was requested but Apple MPS is not available; use --device cpu")
+
+    if base == CUDA:
+        # As the official demos: UNet and text encoder fp16, VAE bf16 (fp32 where bf16 is unsupported).
+        vae = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        unet = text = torch.float16
+    elif base == MPS:
+        unet = text = torch.float16
+        vae = torch.float32  # bf16 convolutions are incomplete on MPS
+    else:
+        unet = text = vae = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+    if dtype != "auto":
+        unet = text = _DTYPES[dtype]
+        # The SD 1.5 VAE overflows in fp16; keep it in bf16/fp32 whatever was asked.
+        vae = torch.float32 if dtype == "fp16" and base != CUDA else _DTYPES[dtype]
+        if dtype == "fp16" and base == CUDA:
+            vae = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        if base == CPU and dtype == "fp16":
+            logger.warning("fp16 on CPU is slow and may be unsupported for some ops; bf16 or fp32 is recommended")
+    if low_vram and base == CPU:
+        logger.info("--low-vram has no effect on CPU")
+    return Placement(
+        device=device,
+        unet_dtype=unet,
+        text_dtype=text,
+        vae_dtype=vae,
+        channels_last=base == CPU,
+        offload=low_vram and base != CPU,
+        vae_tiling=low_vram and base != CPU,
+    )
+
+
+def env_flag(name: str, default: bool = False) -> bool:
+    """Read a boolean environment variable ('1', 'true', 'yes', 'on')."""
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")

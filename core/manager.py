@@ -1,0 +1,225 @@
+"""The model manager: loads IC-Light models lazily, caches them by (variant, device, dtype), can unload."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import gc
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.devices import Placement, env_flag, resolve_placement
+from core.loading import (
+    DEFAULT_BASE_MODEL,
+    BaseComponents,
+    Variant,
+    apply_offset,
+    check_offset_variant,
+    default_models_dir,
+    ensure_iclight_weights,
+    load_base_components,
+    read_offset,
+    widen_conv_in,
+)
+from core.sampling import ConcatConditionedUNet
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Where models come from and where they run; read from the environment once by `from_env`."""
+
+    base_model: str = DEFAULT_BASE_MODEL  # Hub id, diffusers folder or single .safetensors file
+    models_dir: Path = field(default_factory=default_models_dir)  # holds iclight_sd15_*.safetensors
+    device: str = "auto"  # auto, cuda, mps, cpu
+    dtype: str = "auto"  # auto, fp32, fp16, bf16
+    low_vram: bool = False  # GPU: move models to the GPU only while they run, tiled VAE
+    download: bool = True  # fetch missing IC-Light weights from the Hub
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> ModelSettings:
+        """Settings from ICLIGHT_* environment variables; `overrides` that are not None win."""
+        env = {
+            "base_model": os.environ.get("ICLIGHT_BASE_MODEL") or DEFAULT_BASE_MODEL,
+            "models_dir": default_models_dir(),
+            "device": os.environ.get("ICLIGHT_DEVICE", "auto"),
+            "dtype": os.environ.get("ICLIGHT_DTYPE", "auto"),
+            "low_vram": env_flag("ICLIGHT_LOW_VRAM"),
+        }
+        env.update({k: v for k, v in overrides.items() if v is not None})
+        env["models_dir"] = Path(env["models_dir"]).expanduser()
+        return cls(**env)
+
+
+@dataclass
+class ICLightModels:
+    """Everything one relight needs, already placed on its device."""
+
+    variant: Variant
+    tokenizer: Any
+    text_encoder: torch.nn.Module
+    vae: torch.nn.Module
+    unet: ConcatConditionedUNet
+    placement: Placement
+    base_model: str
+
+    @property
+    def device(self) -> torch.device:
+        return self.placement.torch_device
+
+    def describe(self) -> str:
+        return f"base model {self.base_model} · IC-Light {self.variant.value} · {self.placement.describe()}"
+
+    @contextlib.contextmanager
+    def active(self, module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+        """Low-VRAM offload: the module sits on the GPU only inside this block."""
+        if not self.placement.offload:
+            yield module
+            return
+        module.to(self.placement.torch_device)
+        try:
+            yield module
+        finally:
+            module.to("cpu")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
+class ModelManager:
+    """Lazily loads and caches IC-Light models; one instance per app or CLI run."""
+
+    def __init__(
+        self,
+        settings: ModelSettings | None = None,
+        base: BaseComponents | None = None,
+        offsets: dict[Variant, dict[str, torch.Tensor]] | None = None,
+    ) -> None:
+        self.settings = settings or ModelSettings.from_env()
+        self._injected_base = base  # kept pristine; each variant gets a deep copy of its UNet
+        self._offsets = dict(offsets or {})
+        self._base: BaseComponents | None = None
+        self._cache: dict[tuple, ICLightModels] = {}
+        self._placement: Placement | None = None
+        self._lock = threading.RLock()
+
+    @classmethod
+    def from_components(
+        cls,
+        tokenizer: Any,
+        text_encoder: torch.nn.Module,
+        vae: torch.nn.Module,
+        unet: torch.nn.Module,
+        settings: ModelSettings | None = None,
+        offsets: dict[Variant, dict[str, torch.Tensor]] | None = None,
+    ) -> ModelManager:
+        """A manager over in-memory SD 1.5 components (offsets from `offsets` or the models folder)."""
+        base = BaseComponents(tokenizer, text_encoder, vae, unet, source="in-memory components")
+        return cls(settings or ModelSettings(base_model="in-memory components"), base=base, offsets=offsets)
+
+    @property
+    def placement(self) -> Placement:
+        """Device and dtypes, decided once on first use (never at import)."""
+        if self._placement is None:
+            s = self.settings
+            self._placement = resolve_placement(s.device, s.dtype, s.low_vram)
+        return self._placement
+
+    def cache_key(self, variant: Variant) -> tuple:
+        return (Variant(variant), *self.placement.cache_key)
+
+    def is_loaded(self, variant: Variant) -> bool:
+        return self.cache_key(variant) in self._cache
+
+    def weights_path(self, variant: Variant) -> Path:
+        return Path(self.settings.models_dir) / Variant(variant).filename
+
+    def weights_available(self, variant: Variant) -> bool:
+        """True when the variant's offset is in memory or on disk (no download attempted)."""
+        return Variant(variant) in self._offsets or self.weights_path(variant).is_file()
+
+    def get(self, variant: Variant | str) -> ICLightModels:
+        """The models for `variant`, loading them on first use."""
+        variant = Variant(variant)
+        with self._lock:
+            key = self.cache_key(variant)
+            if key not in self._cache:
+                self._cache[key] = self._load(variant)
+            return self._cache[key]
+
+    def unload(self, variant: Variant | str | None = None) -> None:
+        """Drop cached models (one variant, or all with the shared base) and free memory."""
+        with self._lock:
+            for key in [k for k in self._cache if variant is None or k[0] == Variant(variant)]:
+                del self._cache[key]
+            if variant is None or not self._cache:
+                self._base = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def describe(self, variant: Variant | str) -> str:
+        """Status line: base model, variant, weight file state, device and dtypes."""
+        variant = Variant(variant)
+        state = "loaded" if self.is_loaded(variant) else "not loaded yet"
+        if not self.weights_available(variant):
+            state = f"weights missing: put {variant.filename} in {Path(self.settings.models_dir).resolve()}"
+            if self.settings.download:
+                state += " (or let the first run download it)"
+        return f"base model {self.settings.base_model} · IC-Light {variant.value} ({state}) · {self.placement.describe()}"
+
+    # -- loading -------------------------------------------------------------------------------------------------
+
+    def _offset(self, variant: Variant) -> dict[str, torch.Tensor]:
+        if variant in self._offsets:
+            offset, source = self._offsets[variant], Path(f"<in-memory {variant.filename}>")
+        else:
+            source = ensure_iclight_weights(variant, self.settings.models_dir, download=self.settings.download)
+            offset = read_offset(source)
+        check_offset_variant(offset, variant, source)
+        return offset
+
+    def _base_components(self) -> tuple[BaseComponents, torch.nn.Module]:
+        """Shared tokenizer/text encoder/VAE plus a UNet that this variant may modify."""
+        if self._injected_base is not None:
+            base = self._injected_base
+            return base, copy.deepcopy(base.unet)
+        if self._base is None or self._base.unet is None:
+            self._base = load_base_components(self.settings.base_model)
+        unet, self._base.unet = self._base.unet, None  # the next variant reloads a pristine UNet
+        return self._base, unet
+
+    def _load(self, variant: Variant) -> ICLightModels:
+        placement = self.placement
+        logger.info("loading IC-Light %s on %s", variant.value, placement.describe())
+        offset = self._offset(variant)  # first: fail fast on missing/corrupt weights before the big load
+        base, unet = self._base_components()
+        widen_conv_in(unet, variant.in_channels)
+        apply_offset(unet, offset, source=variant.filename)
+        del offset
+        unet.eval().requires_grad_(False)
+        home = "cpu" if placement.offload else placement.torch_device
+        unet.to(device=home, dtype=placement.unet_dtype)
+        text_encoder = base.text_encoder.eval().requires_grad_(False).to(device=home, dtype=placement.text_dtype)
+        vae = base.vae.eval().requires_grad_(False).to(device=home, dtype=placement.vae_dtype)
+        if placement.channels_last:
+            unet.to(memory_format=torch.channels_last)
+            vae.to(memory_format=torch.channels_last)
+        if placement.vae_tiling and hasattr(vae, "enable_tiling"):
+            vae.enable_tiling()
+        return ICLightModels(
+            variant=variant,
+            tokenizer=base.tokenizer,
+            text_encoder=text_encoder,
+            vae=vae,
+            unet=ConcatConditionedUNet(unet),
+            placement=placement,
+            base_model=self.settings.base_model,
+        )

@@ -1,0 +1,128 @@
+"""Tiny random SD 1.5-shaped components, written to disk in the real layouts, for fast CPU tests."""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import torch
+
+from core.loading import Variant
+
+TEXT_WIDTH = 32
+MAX_LENGTH = 77
+
+
+def write_tokenizer(folder: Path) -> None:
+    """A CLIP BPE tokenizer whose vocabulary is single characters (so every letter is one token)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = list(string.ascii_lowercase + string.digits + ",.!?-'")
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for s in symbols:
+        vocab.setdefault(s, len(vocab))
+        vocab.setdefault(s + "</w>", len(vocab))
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    config = {
+        "model_max_length": MAX_LENGTH,
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "tokenizer_class": "CLIPTokenizer",
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+
+
+def build_components(seed: int = 0):
+    """(tokenizer folder writer, text_encoder, vae, unet) with deterministic random weights."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TEXT_WIDTH,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
+    # Four blocks so the VAE downsamples by 8 like the real one.
+    vae = AutoencoderKL(
+        block_out_channels=(16, 16, 16, 16),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=64,
+    )
+    text_config = CLIPTextConfig(
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        hidden_size=TEXT_WIDTH,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=128,
+        max_position_embeddings=MAX_LENGTH,
+    )
+    text_encoder = CLIPTextModel(text_config)
+    return text_encoder.eval(), vae.eval(), unet.eval()
+
+
+def write_base_model(folder: Path, seed: int = 0) -> Path:
+    """Save a tiny SD 1.5 pipeline in the diffusers folder layout (model_index.json, unet/, vae/, ...)."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    tok_dir = folder / "_tok"
+    write_tokenizer(tok_dir)
+    tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
+    text_encoder, vae, unet = build_components(seed)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=DPMSolverMultistepScheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(str(folder))
+    return folder
+
+
+def make_offset(unet: torch.nn.Module, variant: Variant, seed: int = 1, scale: float = 0.02) -> dict:
+    """A random IC-Light-style offset: every UNet key, conv_in widened to the variant's channels."""
+    gen = torch.Generator().manual_seed(seed)
+    offset = {}
+    for key, value in unet.state_dict().items():
+        shape = list(value.shape)
+        if key == "conv_in.weight":
+            shape[1] = variant.in_channels
+        offset[key] = (torch.randn(shape, generator=gen) * scale).to(torch.float16)
+    return offset
+
+
+def write_offsets(unet: torch.nn.Module, models_dir: Path) -> dict[Variant, Path]:
+    """Write iclight_sd15_{fc,fcon,fbc}.safetensors for `unet` into `models_dir`."""
+    from safetensors.torch import save_file
+
+    models_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for i, variant in enumerate(Variant):
+        path = models_dir / variant.filename
+        save_file(make_offset(unet, variant, seed=10 + i), str(path))
+        paths[variant] = path
+    return paths
