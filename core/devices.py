@@ -49,7 +49,9 @@ class Placement:
     def describe(self) -> str:
         """Human-readable one-liner for status lines and logs."""
         name = lambda d: str(d).removeprefix("torch.")  # noqa: E731
-        text = f"{self.device} (UNet {name(self.unet_dtype)}, text {name(self.text_dtype)}, VAE {name(self.vae_dtype)})"
+        text = (
+            f"{self.device} (UNet {name(self.unet_dtype)}, text {name(self.text_dtype)}, VAE {name(self.vae_dtype)})"
+        )
         if self.offload:
             text += ", low-VRAM offload"
         return text

@@ -50,7 +50,9 @@ def default_models_dir() -> Path:
 
 def offline_mode() -> bool:
     """True when no download should be attempted (ICLIGHT_OFFLINE or HF_HUB_OFFLINE set)."""
-    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes") for k in ("ICLIGHT_OFFLINE", "HF_HUB_OFFLINE"))
+    return any(
+        os.environ.get(k, "").strip().lower() in ("1", "true", "yes") for k in ("ICLIGHT_OFFLINE", "HF_HUB_OFFLINE")
+    )
 
 
 def ensure_iclight_weights(variant: Variant, models_dir: Path, download: bool = True) -> Path:
@@ -197,27 +199,26 @@ def _check_not_sdxl_folder(folder: Path) -> None:
         )
 
 
-def check_sd15(components: BaseComponents) -> None:
-    """Raise IncompatibleModelError unless the components have the SD 1.5 shape IC-Light was trained on."""
-    cfg = components.unet.config
+def check_sd15(unet_config: Any, text_width: int, source: str) -> None:
+    """Raise IncompatibleModelError unless the configs have the SD 1.5 shape IC-Light was trained on."""
+    get = unet_config.get if isinstance(unet_config, dict) else lambda k, d=None: getattr(unet_config, k, d)
     problems = []
-    if getattr(cfg, "addition_embed_type", None) is not None:
-        problems.append(f"UNet uses addition_embed_type={cfg.addition_embed_type!r} (SDXL-style)")
-    if cfg.in_channels != LATENT_CHANNELS:
-        problems.append(f"UNet has {cfg.in_channels} input channels instead of {LATENT_CHANNELS}")
-    text_width = components.text_encoder.config.hidden_size
-    if cfg.cross_attention_dim != text_width:
-        problems.append(f"UNet cross-attention width {cfg.cross_attention_dim} != text encoder width {text_width}")
+    if get("addition_embed_type") is not None:
+        problems.append(f"UNet uses addition_embed_type={get('addition_embed_type')!r} (SDXL-style)")
+    if get("in_channels") != LATENT_CHANNELS:
+        problems.append(f"UNet has {get('in_channels')} input channels instead of {LATENT_CHANNELS}")
+    if get("cross_attention_dim") != text_width:
+        problems.append(f"UNet cross-attention width {get('cross_attention_dim')} != text encoder width {text_width}")
     if problems:
         raise IncompatibleModelError(
-            f"base model {components.source} is not SD 1.5: " + "; ".join(problems) + ". IC-Light needs SD 1.5."
+            f"base model {source} is not SD 1.5: " + "; ".join(problems) + ". IC-Light needs SD 1.5."
         )
 
 
 def load_base_components(base_model: str, single_file_config: str | None = None) -> BaseComponents:
     """Load tokenizer, text encoder, VAE and UNet (fp32, CPU) from a Hub id, a folder or a single file."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     kind = classify_base_source(base_model)
     offline = offline_mode()
@@ -228,36 +229,38 @@ def load_base_components(base_model: str, single_file_config: str | None = None)
         if kind == "folder":
             _check_not_sdxl_folder(Path(base_model).expanduser())
         kwargs: dict[str, Any] = {"local_files_only": offline} if kind == "hub" else {}
+        # Check the architecture from the configs first: fail in a second, not after loading gigabytes.
+        text_config = CLIPTextConfig.from_pretrained(source, subfolder="text_encoder", **kwargs)
+        check_sd15(UNet2DConditionModel.load_config(source, subfolder="unet", **kwargs), text_config.hidden_size, source)
         tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kwargs)
         text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kwargs)
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **kwargs)
         unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kwargs)
     except (IncompatibleModelError, InvalidParameterError, CorruptWeightsError):
         raise
-    except (OSError, ValueError, EnvironmentError) as exc:
+    except (OSError, ValueError) as exc:
         raise _explain_base_failure(source, kind, exc) from exc
-    components = BaseComponents(tokenizer, text_encoder.float(), vae.float(), unet.float(), source)
-    check_sd15(components)
-    return components
+    return BaseComponents(tokenizer, text_encoder.float(), vae.float(), unet.float(), source)
 
 
 def _load_single_file(path: Path, config: str | None, offline: bool) -> BaseComponents:
     from diffusers import StableDiffusionPipeline
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
 
     config = config or os.environ.get("ICLIGHT_SINGLE_FILE_CONFIG") or SINGLE_FILE_CONFIG
     try:
         pipe = StableDiffusionPipeline.from_single_file(
             str(path), config=config, local_files_only=offline, safety_checker=None, torch_dtype=torch.float32
         )
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError) as exc:
         raise _explain_base_failure(str(path), "file", exc) from exc
-    components = BaseComponents(pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet, str(path))
-    check_sd15(components)
-    return components
+    check_sd15(pipe.unet.config, pipe.text_encoder.config.hidden_size, str(path))
+    return BaseComponents(pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet, str(path))
 
 
 def _explain_base_failure(source: str, kind: str, exc: Exception) -> Exception:
-    text = f"{type(exc).__name__}: {exc}"
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = f"{type(exc).__name__}: {first_line}"
     if kind == "hub":
         return WeightsNotFoundError(
             f"base model '{source}' could not be loaded from the Hugging Face Hub or its cache ({text}). "
@@ -266,6 +269,8 @@ def _explain_base_failure(source: str, kind: str, exc: Exception) -> Exception:
         )
     if "safetensors" in text.lower() or "header" in text.lower() or "incomplete" in text.lower():
         return CorruptWeightsError(f"base model '{source}' has a corrupt or truncated weight file ({text})")
+    if "expected shape" in text or "size mismatch" in text:
+        return IncompatibleModelError(f"base model '{source}' has weights of the wrong shape for SD 1.5 ({text})")
     if kind == "file":
         return IncompatibleModelError(
             f"single-file checkpoint '{source}' could not be read as SD 1.5 ({text}). The layout config comes from "

@@ -173,7 +173,9 @@ class ModelManager:
             state = f"weights missing: put {variant.filename} in {Path(self.settings.models_dir).resolve()}"
             if self.settings.download:
                 state += " (or let the first run download it)"
-        return f"base model {self.settings.base_model} · IC-Light {variant.value} ({state}) · {self.placement.describe()}"
+        return (
+            f"base model {self.settings.base_model} · IC-Light {variant.value} ({state}) · {self.placement.describe()}"
+        )
 
     # -- loading -------------------------------------------------------------------------------------------------
 

@@ -123,7 +123,7 @@ class RelightParams:
     sampler: Sampler = Sampler.DPMPP_2M_SDE_KARRAS
     light: Light | None = None  # fc: initial-latent light (None = from noise); fbc: used when bg_source is LIGHT
     bg_source: BGSource = BGSource.UPLOAD  # fbc only: where the background condition comes from
-    matting: Matting = Matting.NONE  # foreground extraction before sampling
+    matting: Matting = Matting.RMBG  # foreground extraction before sampling (GrabCut fallback offline)
     keep_background: bool = False  # keep the original background instead of neutral grey
     restore_details: bool = False  # frequency-separation detail transfer from the input
     detail_radius: float = 5.0  # blur radius in px at 512 px for restore_details (scaled with size)

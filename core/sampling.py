@@ -163,7 +163,9 @@ def initial_noise(
     shape: tuple[int, ...], scheduler, generator: torch.Generator, device, dtype: torch.dtype
 ) -> torch.Tensor:
     """Text-to-image starting latents: scaled Gaussian noise."""
-    return randn_tensor(shape, generator=generator, device=torch.device(device), dtype=dtype) * scheduler.init_noise_sigma
+    return (
+        randn_tensor(shape, generator=generator, device=torch.device(device), dtype=dtype) * scheduler.init_noise_sigma
+    )
 
 
 def noised_latents(

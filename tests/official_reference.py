@@ -63,7 +63,9 @@ class OfficialDemo:
         id_start, id_end = tok.bos_token_id, tok.eos_token_id
         tokens = tok(txt, truncation=False, add_special_tokens=False)["input_ids"]
         chunks = [[id_start] + tokens[i : i + chunk_length] + [id_end] for i in range(0, len(tokens), chunk_length)]
-        chunks = [ck[:max_length] if len(ck) >= max_length else ck + [id_end] * (max_length - len(ck)) for ck in chunks]
+        chunks = [
+            ck[:max_length] if len(ck) >= max_length else ck + [id_end] * (max_length - len(ck)) for ck in chunks
+        ]
         token_ids = torch.tensor(chunks).to(device=self.device, dtype=torch.int64)
         return self.text_encoder(token_ids).last_hidden_state
 

@@ -1,0 +1,270 @@
+"""Command line: `python -m core relight ...` and `python -m core suggest ...`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from core.errors import ICLightError, InvalidParameterError
+from core.lights import NAMED_AZIMUTHS, Light
+from core.loading import DEFAULT_BASE_MODEL, Variant
+from core.params import MODE_DEFAULTS, BGSource, Matting, Mode, RelightParams, Sampler, Upscale
+
+EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+# Flags whose value goes straight into RelightParams under this name.
+PARAM_FLAGS = {
+    "prompt": "prompt",
+    "width": "width",
+    "height": "height",
+    "steps": "steps",
+    "cfg": "cfg",
+    "seed": "seed",
+    "num_images": "num_images",
+    "lowres_denoise": "lowres_denoise",
+    "highres_scale": "highres_scale",
+    "highres_denoise": "highres_denoise",
+    "added_prompt": "added_prompt",
+    "negative_prompt": "negative_prompt",
+    "sampler": "sampler",
+    "bg_source": "bg_source",
+    "matting": "matting",
+    "keep_background": "keep_background",
+    "restore_details": "restore_details",
+    "detail_radius": "detail_radius",
+    "preserve_color": "preserve_color",
+    "upscale": "upscale",
+}
+LIGHT_FLAGS = ("elevation", "light_color", "light_intensity", "ambient")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors as one line and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's argument parser (every flag documented in README.md)."""
+    parser = _Parser(prog="python -m core", description="IC-Light relighting from the command line.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    r = sub.add_parser("relight", help="relight a foreground image; writes PNGs and prints their paths")
+    r.add_argument("--fg", type=Path, help="foreground image (PNG, JPEG, WebP); PNG/WebP alpha is used as matte")
+    r.add_argument("--prompt", help="subject and lighting description, e.g. 'beautiful woman, sunset over sea'")
+    r.add_argument("--out", "--outputs-dir", dest="out", type=Path, help="folder for the results (created)")
+    r.add_argument("--mode", choices=[m.value for m in Mode], help="fc: text+foreground (default); fbc: +background")
+    r.add_argument("--variant", choices=[v.value for v in Variant], help="weights: fc (default), fcon, fbc")
+    r.add_argument("--engine", choices=("diffusion", "preview"), default="diffusion",
+                   help="diffusion: IC-Light; preview: instant classical relight, no weights needed")  # fmt: skip
+    r.add_argument("--bg", type=Path, help="background image (fbc with --bg-source upload/flip; preview backdrop)")
+    r.add_argument("--light", help="none, left, right, top, bottom, or an azimuth in degrees (0 = from the right)")
+    r.add_argument("--elevation", type=float, help="light elevation in degrees (0 = grazing, 90 = from camera)")
+    r.add_argument("--light-color", help="light colour as hex, e.g. '#ffb070'")
+    r.add_argument("--light-intensity", type=float, help="light intensity 0..2 (default 1)")
+    r.add_argument("--ambient", type=float, help="ambient light 0..1 (default 0)")
+    r.add_argument("--light-map", type=Path, help="image used as the fc initial latent instead of a gradient")
+    r.add_argument("--bg-source", choices=[b.value for b in BGSource], help="fbc background condition")
+    r.add_argument("--width", type=int, help="low-res width, multiple of 8 (default 512)")
+    r.add_argument("--height", type=int, help="low-res height, multiple of 8 (default 640)")
+    r.add_argument("--steps", type=int, help="sampling steps (fc 25, fbc 20)")
+    r.add_argument("--cfg", type=float, help="guidance scale (fc 2, fbc 7)")
+    r.add_argument("--seed", type=int, help="random seed (default 12345)")
+    r.add_argument("--num-images", type=int, help="images per run, 1..12 (default 1)")
+    r.add_argument("--lowres-denoise", type=float, help="fc with a light: low-res denoise (default 0.9)")
+    r.add_argument("--highres-scale", type=float, help="high-res pass scale 1..3 (default 1.5)")
+    r.add_argument("--highres-denoise", type=float, help="high-res pass denoise (default 0.5)")
+    r.add_argument("--added-prompt", help="appended to the prompt (default 'best quality')")
+    r.add_argument("--negative-prompt", help="negative prompt")
+    r.add_argument("--sampler", choices=[s.value for s in Sampler], help="default dpmpp_2m_sde_karras")
+    r.add_argument("--matting", choices=[m.value for m in Matting], help="foreground extraction (default rmbg)")
+    r.add_argument("--no-remove-bg", action="store_true", help="use the foreground as given (= --matting none)")
+    r.add_argument("--keep-background", action="store_true", default=None, help="keep the original background")
+    r.add_argument("--restore-details", action="store_true", default=None, help="transfer fine detail back")
+    r.add_argument("--detail-radius", type=float, help="detail blur radius in px at 512 px (default 5)")
+    r.add_argument("--preserve-color", type=float, help="0..1: pull colours toward the original (default 0)")
+    r.add_argument("--upscale", choices=[u.value for u in Upscale], help="Real-ESRGAN upscaling (default off)")
+    r.add_argument("--from-png", type=Path, help="re-run with the parameters stored in a result PNG")
+    r.add_argument("--base-model", help=f"SD 1.5 Hub id, folder or .safetensors (default {DEFAULT_BASE_MODEL})")
+    r.add_argument("--models-dir", type=Path, help="folder with IC-Light weights (default ./models)")
+    r.add_argument("--device", help="auto, cuda, cuda:N, mps, cpu")
+    r.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), help="precision (default auto)")
+    r.add_argument("--low-vram", action="store_true", default=None, help="GPU offload + tiled VAE for 4-8 GB GPUs")
+    r.add_argument("--offline", action="store_true", help="never download; fail with instructions instead")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("suggest", help="print three lighting suggestions for an image as JSON")
+    s.add_argument("--image", type=Path, required=True, help="image to suggest lighting for")
+    s.add_argument("--mood", help="optional mood, e.g. dramatic, warm, cinematic, calm, mysterious")
+    return parser
+
+
+def parse_light(args: argparse.Namespace, base: Light | None) -> tuple[Light | None, bool]:
+    """(light, given) from --light and its modifiers; `base` is the light of a --from-png run."""
+    modifiers = {name: getattr(args, name) for name in LIGHT_FLAGS if getattr(args, name) is not None}
+    if args.light is None and not modifiers:
+        return base, False
+    light = base
+    if args.light is not None:
+        text = args.light.strip().lower()
+        if text == "none":
+            if modifiers:
+                raise InvalidParameterError("--light none cannot be combined with --elevation/--light-color/...")
+            return None, True
+        if text in NAMED_AZIMUTHS:
+            light = Light.named(text)
+        else:
+            try:
+                light = Light(azimuth=float(text))
+            except ValueError:
+                raise InvalidParameterError(
+                    f"--light should be none, left, right, top, bottom or an angle in degrees but is {args.light!r}"
+                ) from None
+    light = light or Light()
+    renames = {"light_color": "color", "light_intensity": "intensity"}
+    return Light(**{**light.to_dict(), **{renames.get(k, k): v for k, v in modifiers.items()}}), True
+
+
+def params_from_args(args: argparse.Namespace) -> RelightParams:
+    """Build validated RelightParams: --from-png values, then mode defaults, then explicit flags."""
+    values: dict[str, Any] = {}
+    if args.from_png is not None:
+        from core.outputs import read_params
+
+        values = read_params(args.from_png).to_dict()
+        values.pop("extra", None)
+    mode = Mode(args.mode or values.get("mode", Mode.FC.value))
+    if args.mode and values.get("mode") not in (None, mode.value):
+        values = {k: v for k, v in values.items() if k not in MODE_DEFAULTS[mode]}
+    if not values:
+        values = {"matting": Matting.RMBG.value}  # the CLI removes the background unless told otherwise
+    values["mode"] = mode
+    for flag, name in PARAM_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            values[name] = value
+    if args.no_remove_bg:
+        values["matting"] = Matting.NONE.value
+    base_light = Light.from_dict(values["light"]) if isinstance(values.get("light"), dict) else None
+    light, given = parse_light(args, base_light)
+    values["light"] = light
+    if mode is Mode.FBC and args.bg_source is None and args.from_png is None:
+        if given and light is not None:
+            values["bg_source"] = BGSource.LIGHT.value if light.named_direction is None else light.named_direction
+        elif args.bg is None:
+            raise InvalidParameterError("fbc needs --bg BACKGROUND.png, or --bg-source left/right/top/bottom/ambient")
+    if args.prompt is None and args.from_png is None:
+        raise InvalidParameterError("--prompt is required, e.g. --prompt 'beautiful woman, sunset over sea'")
+    return RelightParams.for_mode(mode, **{k: v for k, v in values.items() if k != "mode"})
+
+
+def _progress_bar(quiet: bool):
+    if quiet:
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, file=sys.stderr, unit="step", desc="relight")
+
+    def callback(info) -> None:
+        if bar.total != info.overall_total:
+            bar.total = info.overall_total
+        bar.set_postfix_str(f"{info.stage} {info.step}/{info.stage_total}")
+        bar.update(1)
+
+    return callback, bar.close
+
+
+def run_relight(args: argparse.Namespace) -> int:
+    """The `relight` command."""
+    from core.manager import ModelManager, ModelSettings
+    from core.service import Relighter
+
+    if args.fg is None and args.from_png is None:
+        raise InvalidParameterError("--fg FOREGROUND.png is required")
+    if args.out is None:
+        raise InvalidParameterError("--out DIR is required (results are written there, never overwritten)")
+    for flag in ("fg", "bg", "light_map", "from_png"):
+        path = getattr(args, flag)
+        if path is not None and not path.is_file():
+            raise InvalidParameterError(f"--{flag.replace('_', '-')} {path} does not exist or is not a file")
+    params = params_from_args(args)
+    if args.fg is None:
+        raise InvalidParameterError("--fg FOREGROUND.png is required (the PNG gives parameters, not the input image)")
+    settings = ModelSettings.from_env(
+        base_model=args.base_model,
+        models_dir=args.models_dir,
+        device=args.device,
+        dtype=args.dtype,
+        low_vram=args.low_vram,
+        download=False if args.offline else None,
+    )
+    fc_variant = Variant(args.variant) if args.variant in (Variant.FC.value, Variant.FCON.value) else Variant.FC
+    if args.variant == Variant.FBC.value and params.mode is not Mode.FBC:
+        raise InvalidParameterError("--variant fbc needs --mode fbc")
+    relighter = Relighter(ModelManager(settings), outputs_dir=args.out, fc_variant=fc_variant)
+    if args.engine == "preview":
+        light = params.light or Light()
+        image, matting = relighter.preview(args.fg, light, params, background=args.bg)
+        paths = relighter.save([image], params.replace(extra={"engine": "preview"}), stem="preview")
+        notices = [matting.notice] if matting.notice else []
+    else:
+        callback, close = _progress_bar(args.quiet)
+        try:
+            outcome = relighter.relight(
+                args.fg, params, background=args.bg, light_map=args.light_map, callback=callback, cancel=threading.Event()
+            )
+        finally:
+            close()
+        paths, notices = outcome.paths, outcome.notices
+    for notice in notices:
+        print(f"note: {notice}", file=sys.stderr)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def run_suggest(args: argparse.Namespace) -> int:
+    """The `suggest` command."""
+    from core.images import load_image
+    from core.suggest import result_to_json, suggest_lighting
+
+    if not args.image.is_file():
+        raise InvalidParameterError(f"--image {args.image} does not exist or is not a file")
+    image = load_image(args.image)
+    result = suggest_lighting(image.rgb, mood=args.mood, matte=image.alpha)
+    if result.notice:
+        print(f"note: {result.notice}", file=sys.stderr)
+    print(result_to_json(result))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code and never prints a traceback for user errors."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _quiet_libraries()
+    try:
+        return run_relight(args) if args.command == "relight" else run_suggest(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except InvalidParameterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ICLightError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _quiet_libraries() -> None:
+    """Library chatter (dtype notes, deprecations) is not for CLI users."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    for name in ("diffusers", "transformers", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)

@@ -1,0 +1,175 @@
+"""The whole relight job around the sampler: matting, sampling, restoration, upscaling, saving.
+
+CLI and both apps call this one object, so they never fork logic.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from core.errors import InvalidParameterError
+from core.images import LoadedImage, load_image
+from core.lights import Light
+from core.loading import Variant
+from core.manager import ModelManager
+from core.matting import Matter, MattingResult
+from core.params import Matting, Mode, RelightParams, Upscale
+from core.sampling import StepCallback
+
+logger = logging.getLogger(__name__)
+
+NORMAL_SIGMA = 16.0  # the official demo brightens the subject by 16 before estimating normals
+
+
+@dataclass
+class RelightOutcome:
+    """What a user gets back from one relight."""
+
+    images: list[np.ndarray]  # final uint8 RGB results (restored / upscaled as asked)
+    foreground: np.ndarray  # the preprocessed foreground the model was conditioned on (input size)
+    matte: np.ndarray  # float HxW in [0, 1]
+    params: RelightParams
+    paths: list[Path] = field(default_factory=list)  # saved PNGs, when an outputs folder is set
+    notices: list[str] = field(default_factory=list)  # fallbacks the user should know about
+    seconds: float = 0.0
+
+
+def as_loaded(image: LoadedImage | np.ndarray | str | Path | bytes | None, what: str) -> LoadedImage | None:
+    """Accept a LoadedImage, an array, a path or bytes; validate through the shared image loader."""
+    if image is None or isinstance(image, LoadedImage):
+        return image
+    try:
+        return load_image(image)
+    except InvalidParameterError as exc:
+        raise InvalidParameterError(f"{what}: {exc}") from exc
+
+
+class Relighter:
+    """One object per app/CLI run: owns the model manager, the matting models and the upscaler."""
+
+    def __init__(
+        self,
+        manager: ModelManager,
+        outputs_dir: Path | None = None,
+        matter: Matter | None = None,
+        upscaler=None,
+        fc_variant: Variant = Variant.FC,
+    ) -> None:
+        self.manager = manager
+        self.outputs_dir = Path(outputs_dir) if outputs_dir else None
+        self.matter = matter or Matter(manager.settings.models_dir, device=self._aux_device())
+        self._upscaler = upscaler
+        self.fc_variant = Variant(fc_variant)
+        self._lock = threading.Lock()  # one sampling job at a time per process and model set
+
+    def _aux_device(self) -> str:
+        return "cpu" if self.manager.settings.device in ("auto", "cpu") else self.manager.settings.device
+
+    @property
+    def upscaler(self):
+        if self._upscaler is None:
+            from core.upscale import Upscaler
+
+            self._upscaler = Upscaler(self.manager.settings.models_dir, device=self._aux_device())
+        return self._upscaler
+
+    def variant_for(self, mode: Mode) -> Variant:
+        return Variant.FBC if Mode(mode) is Mode.FBC else self.fc_variant
+
+    def extract(self, foreground: LoadedImage, params: RelightParams, sigma: float = 0.0) -> MattingResult:
+        """Cut the subject out onto neutral grey (or keep its background) as the parameters say."""
+        return self.matter.extract(foreground, params.matting, sigma=sigma, keep_background=params.keep_background)
+
+    def relight(
+        self,
+        foreground,
+        params: RelightParams,
+        background=None,
+        light_map=None,
+        callback: StepCallback | None = None,
+        cancel: threading.Event | None = None,
+        save: bool = True,
+    ) -> RelightOutcome:
+        """Run a full relight: matting, IC-Light sampling, optional restoration and upscaling, saving."""
+        from core.pipeline import relight
+
+        started = time.perf_counter()
+        # 1. Validate and load inputs
+        fg = as_loaded(foreground, "foreground")
+        if fg is None:
+            raise InvalidParameterError("no foreground image was given; upload a photo of the subject")
+        bg = as_loaded(background, "background")
+        lmap = as_loaded(light_map, "light map")
+        # 2. Foreground extraction
+        matting = self.extract(fg, params)
+        notices = [matting.notice] if matting.notice else []
+        # 3. Sampling
+        models = self.manager.get(self.variant_for(params.mode))
+        with self._lock:
+            result = relight(
+                models,
+                matting.foreground,
+                params,
+                background=None if bg is None else bg.rgb,
+                light_map=None if lmap is None else lmap.rgb,
+                callback=callback,
+                cancel=cancel,
+            )
+        # 4. Finishing
+        images = [self.finish(image, fg.rgb, matting.matte, params, notices) for image in result.images]
+        outcome = RelightOutcome(images, matting.foreground, matting.matte, params, notices=notices)
+        # 5. Saving
+        if save and self.outputs_dir is not None:
+            outcome.paths = self.save(images, params)
+        outcome.seconds = time.perf_counter() - started
+        return outcome
+
+    def finish(
+        self, image: np.ndarray, original: np.ndarray, matte: np.ndarray, params: RelightParams, notices: list[str]
+    ) -> np.ndarray:
+        """Detail restoration, colour preservation and upscaling, in that order."""
+        from core.restore import preserve_color, restore_details
+
+        if params.restore_details:
+            image = restore_details(image, original, matte, radius=params.detail_radius)
+        if params.preserve_color > 0:
+            image = preserve_color(image, original, matte, strength=params.preserve_color)
+        if params.upscale is not Upscale.OFF:
+            up = self.upscaler.upscale(image, params.upscale)
+            if up.notice and up.notice not in notices:
+                notices.append(up.notice)
+            image = up.image
+        return image
+
+    def save(self, images: list[np.ndarray], params: RelightParams, stem: str = "iclight") -> list[Path]:
+        """Write each image as a PNG with its parameters; never overwrites."""
+        from core.outputs import save_result
+
+        assert self.outputs_dir is not None
+        return [save_result(image, params, self.outputs_dir, stem=f"{stem}_{params.mode.value}") for image in images]
+
+    def preview(
+        self, foreground, light: Light, params: RelightParams | None = None, background=None
+    ) -> tuple[np.ndarray, MattingResult]:
+        """The instant classical relight (no weights) of the matted subject under `light`."""
+        from core.preview import preview_relight
+
+        params = params or RelightParams(matting=Matting.RMBG)
+        fg = as_loaded(foreground, "foreground")
+        if fg is None:
+            raise InvalidParameterError("no foreground image was given; upload a photo of the subject")
+        matting = self.matter.extract(fg, params.matting, keep_background=True)
+        bg = as_loaded(background, "background")
+        bg_rgb = None
+        if bg is not None:
+            from core.imageops import resize_and_center_crop
+
+            h, w = fg.rgb.shape[:2]
+            bg_rgb = resize_and_center_crop(bg.rgb, w, h)
+        return preview_relight(fg.rgb, matting.matte, light, background=bg_rgb), matting

@@ -1,0 +1,213 @@
+"""Model loading through the real loaders: UNet surgery, offsets, and every error a user can hit."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from core.errors import CorruptWeightsError, IncompatibleModelError, InvalidParameterError, WeightsNotFoundError
+from core.loading import (
+    Variant,
+    apply_offset,
+    check_offset_variant,
+    classify_base_source,
+    default_models_dir,
+    ensure_iclight_weights,
+    load_base_components,
+    read_offset,
+    widen_conv_in,
+)
+from core.manager import ModelManager, ModelSettings
+from tiny_models import build_components, make_offset
+
+
+@pytest.fixture()
+def tiny_unet():
+    return build_components(seed=3)[2]
+
+
+def test_widen_conv_in_copies_first_four_channels_and_zeroes_the_rest(tiny_unet):
+    old_weight = tiny_unet.conv_in.weight.detach().clone()
+    old_bias = tiny_unet.conv_in.bias.detach().clone()
+    widen_conv_in(tiny_unet, 12)
+    conv = tiny_unet.conv_in
+    assert conv.in_channels == 12 and conv.weight.shape[1] == 12
+    assert torch.equal(conv.weight[:, :4], old_weight)
+    assert torch.count_nonzero(conv.weight[:, 4:]) == 0
+    assert torch.equal(conv.bias, old_bias)
+    assert tiny_unet.config.in_channels == 12
+
+
+def test_apply_offset_adds_the_delta_to_every_key(tiny_unet):
+    widen_conv_in(tiny_unet, 8)
+    before = {k: v.clone() for k, v in tiny_unet.state_dict().items()}
+    offset = make_offset(tiny_unet, Variant.FC)
+    apply_offset(tiny_unet, offset)
+    after = tiny_unet.state_dict()
+    for key, value in before.items():
+        assert torch.equal(after[key], value + offset[key].float()), key
+
+
+def test_apply_offset_rejects_missing_keys_and_shapes(tiny_unet):
+    widen_conv_in(tiny_unet, 8)
+    offset = make_offset(tiny_unet, Variant.FC)
+    partial = dict(list(offset.items())[1:])
+    with pytest.raises(IncompatibleModelError, match="1 key\\(s\\) missing"):
+        apply_offset(tiny_unet, partial)
+    offset["conv_out.bias"] = torch.zeros(7)
+    with pytest.raises(IncompatibleModelError, match="conv_out.bias"):
+        apply_offset(tiny_unet, offset)
+
+
+def test_fc_file_used_as_fbc_and_back_is_named(tiny_paths):
+    fc = read_offset(tiny_paths["models"] / Variant.FC.filename)
+    fbc = read_offset(tiny_paths["models"] / Variant.FBC.filename)
+    with pytest.raises(IncompatibleModelError, match="8-channel conv_in .*fc.*needs 12"):
+        check_offset_variant(fc, Variant.FBC, tiny_paths["models"] / Variant.FC.filename)
+    with pytest.raises(IncompatibleModelError, match="12-channel conv_in .*fbc.*needs 8"):
+        check_offset_variant(fbc, Variant.FC, tiny_paths["models"] / Variant.FBC.filename)
+
+
+def test_manager_rejects_swapped_weight_files(tiny_paths, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(tiny_paths["models"] / Variant.FC.filename, models / Variant.FBC.filename)
+    manager = ModelManager(ModelSettings(base_model=str(tiny_paths["base"]), models_dir=models, device="cpu"))
+    with pytest.raises(IncompatibleModelError, match="use iclight_sd15_fbc.safetensors"):
+        manager.get("fbc")
+
+
+def test_truncated_weights_are_reported_as_corrupt(tiny_paths, tmp_path):
+    data = (tiny_paths["models"] / Variant.FC.filename).read_bytes()
+    bad = tmp_path / Variant.FC.filename
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptWeightsError, match="truncated.*delete it"):
+        read_offset(bad)
+    bad.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(CorruptWeightsError, match=str(len(b"not a safetensors file at all")) + " bytes"):
+        read_offset(bad)
+
+
+def test_missing_weights_offline_name_file_and_folder(tmp_path):
+    with pytest.raises(WeightsNotFoundError) as info:
+        ensure_iclight_weights(Variant.FBC, tmp_path, download=True)  # ICLIGHT_OFFLINE=1 in tests
+    message = str(info.value)
+    assert "iclight_sd15_fbc.safetensors" in message and str(tmp_path.resolve()) in message
+    assert "huggingface.co/lllyasviel/ic-light" in message
+
+
+def test_present_weights_are_never_downloaded_again(tiny_paths):
+    path = tiny_paths["models"] / Variant.FC.filename
+    mtime = path.stat().st_mtime_ns
+    assert ensure_iclight_weights(Variant.FC, tiny_paths["models"], download=True) == path
+    assert path.stat().st_mtime_ns == mtime
+
+
+def test_default_models_dir_is_next_to_the_code_not_the_cwd(monkeypatch, tmp_path):
+    monkeypatch.delenv("ICLIGHT_MODELS_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert default_models_dir() == (default_models_dir().parent / "models")
+    assert default_models_dir().parent.joinpath("core").is_dir()
+    monkeypatch.setenv("ICLIGHT_MODELS_DIR", str(tmp_path / "w"))
+    assert default_models_dir() == tmp_path / "w"
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"), [("stablediffusionapi/realistic-vision-v51", "hub"), ("runwayml/stable-diffusion-v1-5", "hub")]
+)
+def test_hub_ids_are_recognised(value, kind):
+    assert classify_base_source(value) == kind
+
+
+@pytest.mark.parametrize("value", ["./nope", "/no/such/model.safetensors", "not-a-hub-id", "a/b/c", ""])
+def test_wrong_base_paths_are_clear_errors(value):
+    with pytest.raises(InvalidParameterError, match="base model"):
+        classify_base_source(value)
+
+
+def test_hub_base_model_offline_is_explained():
+    with pytest.raises(WeightsNotFoundError, match="could not be loaded from the Hugging Face Hub.*--base-model"):
+        load_base_components("someone/model-not-in-cache")
+
+
+def test_sdxl_folder_is_rejected(tiny_paths, tmp_path):
+    folder = tmp_path / "sdxl"
+    shutil.copytree(tiny_paths["base"], folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    index["_class_name"] = "StableDiffusionXLPipeline"
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(IncompatibleModelError, match="StableDiffusionXLPipeline.*SD 1.5"):
+        load_base_components(str(folder))
+
+
+def test_sdxl_style_unet_is_rejected(tiny_paths, tmp_path):
+    folder = tmp_path / "xlunet"
+    shutil.copytree(tiny_paths["base"], folder)
+    config_path = folder / "unet" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["cross_attention_dim"] = 64  # text encoder is 32 wide
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(IncompatibleModelError, match="cross-attention width 64"):
+        load_base_components(str(folder))
+
+
+def test_folder_without_model_is_rejected(tmp_path):
+    with pytest.raises(InvalidParameterError, match="not a diffusers model folder"):
+        load_base_components(str(tmp_path))
+
+
+def test_corrupt_base_weights_are_reported(tiny_paths, tmp_path):
+    folder = tmp_path / "broken"
+    shutil.copytree(tiny_paths["base"], folder)
+    weights = next((folder / "unet").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises((CorruptWeightsError, WeightsNotFoundError), match="broken"):
+        load_base_components(str(folder))
+
+
+def test_manager_caches_by_variant_device_dtype_and_unloads(tiny_settings):
+    manager = ModelManager(tiny_settings)
+    assert not manager.is_loaded("fc")
+    first = manager.get("fc")
+    assert manager.get("fc") is first and manager.is_loaded("fc")
+    assert manager.cache_key("fc") == ("fc", "cpu", manager.placement.cache_key[1])
+    fbc = manager.get("fbc")
+    assert fbc.unet.in_channels == 12 and first.unet.in_channels == 8
+    manager.unload("fc")
+    assert not manager.is_loaded("fc") and manager.is_loaded("fbc")
+    manager.unload()
+    assert not manager.is_loaded("fbc")
+
+
+def test_manager_from_in_memory_components(tiny_paths):
+    from transformers import CLIPTokenizer
+
+    text_encoder, vae, unet = build_components(seed=0)
+    tokenizer = CLIPTokenizer.from_pretrained(str(tiny_paths["base"]), subfolder="tokenizer")
+    offsets = {Variant.FBC: make_offset(unet, Variant.FBC)}
+    manager = ModelManager.from_components(tokenizer, text_encoder, vae, unet, offsets=offsets)
+    models = manager.get("fbc")
+    assert models.unet.in_channels == 12
+    assert unet.conv_in.in_channels == 4  # the injected UNet stays pristine
+    assert "in-memory" in models.describe()
+
+
+def test_single_file_checkpoint_path_is_classified(tmp_path):
+    ckpt = tmp_path / "model.safetensors"
+    save_file({"x": torch.zeros(1)}, str(ckpt))
+    assert classify_base_source(str(ckpt)) == "file"
+    other = tmp_path / "model.bin"
+    other.write_bytes(b"x")
+    with pytest.raises(InvalidParameterError, match=".safetensors or .ckpt"):
+        classify_base_source(str(other))
+
+
+def test_unreadable_single_file_checkpoint_is_explained(tmp_path, tiny_paths):
+    ckpt = tmp_path / "not_sd15.safetensors"
+    save_file({"x": torch.zeros(1)}, str(ckpt))
+    with pytest.raises((IncompatibleModelError, WeightsNotFoundError, CorruptWeightsError), match="not_sd15"):
+        load_base_components(str(ckpt), single_file_config=str(tiny_paths["base"]))
