@@ -173,3 +173,44 @@ class Relighter:
             h, w = fg.rgb.shape[:2]
             bg_rgb = resize_and_center_crop(bg.rgb, w, h)
         return preview_relight(fg.rgb, matting.matte, light, background=bg_rgb), matting
+
+    def normals(
+        self,
+        foreground,
+        params: RelightParams,
+        background=None,
+        callback: StepCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> tuple[list[np.ndarray], MattingResult]:
+        """The official fbc "Compute Normal": four relights (left, right, bottom, top) turned into a normal map.
+
+        Returns the gallery [normal map, 4 ratio images, 4 relights] as uint8 images, and the matting used.
+        """
+        from dataclasses import replace
+
+        from core.normals import NORMAL_LIGHTS, compute_normals
+        from core.pipeline import planned_steps, relight
+
+        fg = as_loaded(foreground, "foreground")
+        if fg is None:
+            raise InvalidParameterError("no foreground image was given; upload a photo of the subject")
+        bg = as_loaded(background, "background")
+        matting = self.extract(fg, params, sigma=NORMAL_SIGMA)
+        models = self.manager.get(Variant.FBC)
+        per_run = sum(planned_steps(params, has_initial_image=False))
+        relights = []
+        with self._lock:
+            for k, source in enumerate(NORMAL_LIGHTS):
+                run_params = params.replace(mode=Mode.FBC, bg_source=source, num_images=1)
+                shifted = None
+                if callback is not None:
+                    offset = k * per_run
+
+                    def shifted(info, offset=offset):
+                        callback(replace(info, overall_step=info.overall_step + offset,
+                                         overall_total=per_run * len(NORMAL_LIGHTS)))  # fmt: skip
+
+                bg_rgb = None if bg is None else bg.rgb
+                result = relight(models, matting.foreground, run_params, bg_rgb, callback=shifted, cancel=cancel)
+                relights.append(result.images[0].astype(np.float32) / 255.0)
+        return compute_normals(*relights, matte=matting.matte).images(), matting
