@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -141,8 +140,6 @@ def params_from_args(args: argparse.Namespace) -> RelightParams:
     mode = Mode(args.mode or values.get("mode", Mode.FC.value))
     if args.mode and values.get("mode") not in (None, mode.value):
         values = {k: v for k, v in values.items() if k not in MODE_DEFAULTS[mode]}
-    if not values:
-        values = {"matting": Matting.RMBG.value}  # the CLI removes the background unless told otherwise
     values["mode"] = mode
     for flag, name in PARAM_FLAGS.items():
         value = getattr(args, flag)
@@ -216,7 +213,7 @@ def run_relight(args: argparse.Namespace) -> int:
         callback, close = _progress_bar(args.quiet)
         try:
             outcome = relighter.relight(
-                args.fg, params, background=args.bg, light_map=args.light_map, callback=callback, cancel=threading.Event()
+                args.fg, params, background=args.bg, light_map=args.light_map, callback=callback
             )
         finally:
             close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -78,32 +79,63 @@ def ensure_iclight_weights(variant: Variant, models_dir: Path, download: bool = 
     return Path(got)
 
 
-def read_offset(path: Path) -> dict[str, torch.Tensor]:
-    """Read an IC-Light offset file, turning unreadable files into a clear CorruptWeightsError."""
+class OffsetFile(Mapping):
+    """An IC-Light offset file read lazily, tensor by tensor, so merging never holds two UNet copies."""
+
+    def __init__(self, path: Path) -> None:
+        from safetensors import safe_open
+
+        self.path = Path(path)
+        self._handle = safe_open(str(self.path), framework="pt", device="cpu")
+        self._keys = list(self._handle.keys())
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._keys:
+            raise KeyError(key)
+        return self._handle.get_tensor(key)
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._handle.get_slice(key).get_shape())
+
+
+def read_offset(path: Path) -> OffsetFile:
+    """Open an IC-Light offset file, turning unreadable files into a clear CorruptWeightsError."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise WeightsNotFoundError(f"IC-Light weight file {path} does not exist")
     try:
-        return load_file(str(path))
+        offset = OffsetFile(path)
+        if "conv_in.weight" in offset:
+            offset["conv_in.weight"]  # reading one tensor catches files cut short inside the data
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CorruptWeightsError(
             f"{path} ({path.stat().st_size} bytes) is not a readable safetensors file ({exc}). "
             f"It is probably truncated by an interrupted download: delete it and run again to re-download."
         ) from exc
+    return offset
 
 
-def offset_in_channels(offset: dict[str, torch.Tensor], path: Path) -> int:
+def _shape(offset: Mapping, key: str) -> tuple[int, ...]:
+    return offset.shape(key) if isinstance(offset, OffsetFile) else tuple(offset[key].shape)
+
+
+def offset_in_channels(offset: Mapping, path: Path) -> int:
     """Input channels of conv_in stored in an offset file."""
-    weight = offset.get("conv_in.weight")
-    if weight is None or weight.ndim != 4:
+    shape = _shape(offset, "conv_in.weight") if "conv_in.weight" in offset else ()
+    if len(shape) != 4:
         raise IncompatibleModelError(f"{path} has no 4-D 'conv_in.weight'; it is not an IC-Light SD 1.5 weight file")
-    return int(weight.shape[1])
+    return int(shape[1])
 
 
-def check_offset_variant(offset: dict[str, torch.Tensor], variant: Variant, path: Path) -> None:
+def check_offset_variant(offset: Mapping, variant: Variant, path: Path) -> None:
     """Reject an fc file used as fbc and vice versa (8 vs 12 input channels)."""
     channels = offset_in_channels(offset, path)
     if channels != variant.in_channels:
@@ -130,8 +162,8 @@ def widen_conv_in(unet: torch.nn.Module, in_channels: int) -> None:
 
 
 @torch.no_grad()
-def apply_offset(unet: torch.nn.Module, offset: dict[str, torch.Tensor], source: Path | str = "offset") -> None:
-    """Add the offset (a delta over every base UNet key) to the UNet weights, strictly."""
+def apply_offset(unet: torch.nn.Module, offset: Mapping, source: Path | str = "offset") -> None:
+    """Add the offset (a delta over every base UNet key) to the UNet weights, strictly and in place."""
     state = unet.state_dict()
     missing = sorted(set(state) - set(offset))
     unexpected = sorted(set(offset) - set(state))
@@ -141,14 +173,14 @@ def apply_offset(unet: torch.nn.Module, offset: dict[str, torch.Tensor], source:
             f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}). IC-Light needs an SD 1.5 base model."
         )
     for key, base in state.items():
-        delta = offset[key]
-        if delta.shape != base.shape:
+        if _shape(offset, key) != tuple(base.shape):
             raise IncompatibleModelError(
-                f"{source}: '{key}' has shape {tuple(delta.shape)} but the base UNet has {tuple(base.shape)}; "
+                f"{source}: '{key}' has shape {_shape(offset, key)} but the base UNet has {tuple(base.shape)}; "
                 f"IC-Light needs an SD 1.5 base model"
             )
-    merged = {key: base + offset[key].to(base.device) for key, base in state.items()}
-    unet.load_state_dict(merged, strict=True)
+    # In place, one tensor at a time: the same fp32 sums as `base + offset` without a second copy of the UNet.
+    for key, base in state.items():
+        base.add_(offset[key].to(device=base.device))
 
 
 @dataclass
@@ -215,8 +247,13 @@ def check_sd15(unet_config: Any, text_width: int, source: str) -> None:
         )
 
 
-def load_base_components(base_model: str, single_file_config: str | None = None) -> BaseComponents:
-    """Load tokenizer, text encoder, VAE and UNet (fp32, CPU) from a Hub id, a folder or a single file."""
+def load_base_components(
+    base_model: str,
+    single_file_config: str | None = None,
+    text_dtype: torch.dtype = torch.float32,
+    vae_dtype: torch.dtype = torch.float32,
+) -> BaseComponents:
+    """Load tokenizer, text encoder, VAE (in their final dtypes) and the UNet (fp32 for the merge) on CPU."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -231,16 +268,17 @@ def load_base_components(base_model: str, single_file_config: str | None = None)
         kwargs: dict[str, Any] = {"local_files_only": offline} if kind == "hub" else {}
         # Check the architecture from the configs first: fail in a second, not after loading gigabytes.
         text_config = CLIPTextConfig.from_pretrained(source, subfolder="text_encoder", **kwargs)
-        check_sd15(UNet2DConditionModel.load_config(source, subfolder="unet", **kwargs), text_config.hidden_size, source)
+        unet_config = UNet2DConditionModel.load_config(source, subfolder="unet", **kwargs)
+        check_sd15(unet_config, text_config.hidden_size, source)
         tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kwargs)
-        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kwargs)
-        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **kwargs)
-        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kwargs)
+        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=torch.float32, **kwargs)
+        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=text_dtype, **kwargs)
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=vae_dtype, **kwargs)
     except (IncompatibleModelError, InvalidParameterError, CorruptWeightsError):
         raise
     except (OSError, ValueError) as exc:
         raise _explain_base_failure(source, kind, exc) from exc
-    return BaseComponents(tokenizer, text_encoder.float(), vae.float(), unet.float(), source)
+    return BaseComponents(tokenizer, text_encoder, vae, unet, source)
 
 
 def _load_single_file(path: Path, config: str | None, offline: bool) -> BaseComponents:

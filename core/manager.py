@@ -8,7 +8,7 @@ import gc
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,7 +179,7 @@ class ModelManager:
 
     # -- loading -------------------------------------------------------------------------------------------------
 
-    def _offset(self, variant: Variant) -> dict[str, torch.Tensor]:
+    def _offset(self, variant: Variant) -> Mapping[str, torch.Tensor]:
         if variant in self._offsets:
             offset, source = self._offsets[variant], Path(f"<in-memory {variant.filename}>")
         else:
@@ -194,7 +194,10 @@ class ModelManager:
             base = self._injected_base
             return base, copy.deepcopy(base.unet)
         if self._base is None or self._base.unet is None:
-            self._base = load_base_components(self.settings.base_model)
+            placement = self.placement
+            self._base = load_base_components(
+                self.settings.base_model, text_dtype=placement.text_dtype, vae_dtype=placement.vae_dtype
+            )
         unet, self._base.unet = self._base.unet, None  # the next variant reloads a pristine UNet
         return self._base, unet
 

@@ -192,6 +192,7 @@ class OfficialDemo:
                            negative_prompt_embeds=unconds, width=w, height=h,
                            num_inference_steps=int(round(steps / highres_denoise)),
                            num_images_per_prompt=num_samples, generator=rng, output_type="latent",
-                           guidance_scale=cfg, cross_attention_kwargs={"concat_conds": concat_conds}).images  # fmt: skip
+                           guidance_scale=cfg,
+                           cross_attention_kwargs={"concat_conds": concat_conds}).images  # fmt: skip
         latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
         return self.pytorch2numpy(self.vae.decode(latents).sample, quant=quant)
