@@ -233,7 +233,8 @@ def run_suggest(args: argparse.Namespace) -> int:
     if not args.image.is_file():
         raise InvalidParameterError(f"--image {args.image} does not exist or is not a file")
     image = load_image(args.image)
-    result = suggest_lighting(image.rgb, mood=args.mood, matte=image.alpha)
+    matte = image.alpha if image.has_meaningful_alpha else None  # an opaque alpha says nothing about shape
+    result = suggest_lighting(image.rgb, mood=args.mood, matte=matte)
     if result.notice:
         print(f"note: {result.notice}", file=sys.stderr)
     print(result_to_json(result))

@@ -101,13 +101,14 @@ class ModelManager:
         settings: ModelSettings | None = None,
         base: BaseComponents | None = None,
         offsets: dict[Variant, dict[str, torch.Tensor]] | None = None,
+        placement: Placement | None = None,
     ) -> None:
         self.settings = settings or ModelSettings.from_env()
         self._injected_base = base  # kept pristine; each variant gets a deep copy of its UNet
         self._offsets = dict(offsets or {})
         self._base: BaseComponents | None = None
         self._cache: dict[tuple, ICLightModels] = {}
-        self._placement: Placement | None = None
+        self._placement = placement  # None: decided from the settings on first use
         self._lock = threading.RLock()
 
     @classmethod
