@@ -1,0 +1,237 @@
+"""CPU benchmark: full-size SD 1.5 + IC-Light fc (random weights), reference recipe vs our default CPU path.
+
+Compute cost does not depend on weight values, so a random-initialised model written to disk in the real layout
+(and loaded through the real loader) measures real speed and memory. Each recipe runs in its own process so that
+peak memory is its own.
+
+    python bench/bench_cpu.py                  # full default relight (25 steps, 512x640, highres 1.5)
+    python bench/bench_cpu.py --steps 4        # quicker, same sizes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+RECIPES = ("reference", "ours")
+MATMUL_N = 2048  # square matmul size for the peak-throughput probe
+GIB = 1024**3
+
+
+def sd15_unet_config() -> dict:
+    """The SD 1.5 UNet architecture (what realistic-vision-v51 and every SD 1.5 finetune use)."""
+    return dict(
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=768,
+        attention_head_dim=8,
+    )
+
+
+def write_full_size_model(folder: Path) -> Path:
+    """Write a random full-size SD 1.5 diffusers folder and an fc offset file (once; reused afterwards)."""
+    import torch
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from tiny_models import write_tokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from core.loading import Variant
+
+    done = folder / "DONE"
+    if done.exists():
+        return folder
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**sd15_unet_config())
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=2,
+        sample_size=512,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_attention_heads=12,
+            num_hidden_layers=12,
+            vocab_size=49408,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+        )  # fmt: skip
+    )
+    write_tokenizer(folder / "_tok")  # a real CLIP vocabulary cannot be downloaded here; cost is identical
+    tokenizer = CLIPTokenizer.from_pretrained(str(folder / "_tok"))
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=DPMSolverMultistepScheduler(), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)  # fmt: skip
+    pipe.save_pretrained(str(folder / "base"))
+    offset = {}
+    for key, value in unet.state_dict().items():
+        shape = list(value.shape)
+        if key == "conv_in.weight":
+            shape[1] = Variant.FC.in_channels
+        offset[key] = (torch.randn(shape) * 1e-3).to(torch.float16)
+    (folder / "models").mkdir(exist_ok=True)
+    save_file(offset, str(folder / "models" / Variant.FC.filename))
+    done.write_text("ok")
+    return folder
+
+
+def matmul_peak() -> dict[str, float]:
+    """Best observed TFLOP/s of a square matmul in bf16 and fp32 on this CPU."""
+    import torch
+
+    out = {}
+    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        a = torch.randn(MATMUL_N, MATMUL_N, dtype=dtype)
+        b = torch.randn(MATMUL_N, MATMUL_N, dtype=dtype)
+        for _ in range(3):
+            a @ b
+        best = float("inf")
+        for _ in range(10):
+            t = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t)
+        out[name] = 2 * MATMUL_N**3 / best / 1e12
+    return out
+
+
+def worker(recipe: str, folder: Path, width: int, height: int, steps: int, unet_steps: int, e2e: bool) -> dict:
+    """Run one recipe in this process and return its numbers."""
+    import numpy as np
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from core.devices import Placement, resolve_placement
+    from core.manager import ModelManager, ModelSettings
+    from core.params import RelightParams
+    from core.pipeline import relight
+    from core.prompt import encode_prompt_pair
+
+    settings = ModelSettings(base_model=str(folder / "base"), models_dir=folder / "models", device="cpu",
+                             dtype="fp32" if recipe == "reference" else "auto", download=False)  # fmt: skip
+    # Reference: the official recipe on CPU — everything fp32, NCHW. Ours: the automatic CPU placement.
+    placement = Placement("cpu", torch.float32, torch.float32, torch.float32) if recipe == "reference" else None
+    placement = placement or resolve_placement("cpu", "auto")
+    manager = ModelManager(settings, placement=placement)
+    t = time.perf_counter()
+    models = manager.get("fc")
+    load_s = time.perf_counter() - t
+
+    cond, uncond = encode_prompt_pair(models.tokenizer, models.text_encoder, "a cat, best quality", "bad", "cpu")
+    dtype = placement.unet_dtype
+    latents = torch.randn(2, 4, height // 8, width // 8, dtype=dtype)
+    concat = torch.randn(1, 4, height // 8, width // 8, dtype=dtype)
+    embeds = torch.cat([uncond, cond]).to(dtype)
+    step_times = []
+    with torch.inference_mode():
+        counter = FlopCounterMode(display=False)
+        with counter:
+            models.unet(latents, torch.tensor(500), embeds, concat)  # warm-up, counted
+        flops = counter.get_total_flops()
+        for _ in range(unet_steps):
+            t = time.perf_counter()
+            models.unet(latents, torch.tensor(500), embeds, concat)
+            step_times.append(time.perf_counter() - t)
+    result = {"recipe": recipe, "placement": placement.describe(), "load_s": load_s,
+              "unet_step_s": statistics.median(step_times), "unet_step_flops": flops}  # fmt: skip
+    if e2e:
+        fg = (np.random.RandomState(0).rand(height, width, 3) * 255).astype(np.uint8)
+        params = RelightParams.for_mode("fc", prompt="a cat, sunset over sea", width=width, height=height, steps=steps)
+        t = time.perf_counter()
+        out = relight(models, fg, params)
+        result["e2e_s"] = time.perf_counter() - t
+        result["output_size"] = list(out.images[0].shape)
+    result["peak_rss_gb"] = peak_rss_gb()
+    return result
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory (VmHWM: per address space, so not inherited from the parent)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024 / GIB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--height", type=int, default=640)
+    parser.add_argument("--steps", type=int, default=25, help="relight steps (official fc default 25)")
+    parser.add_argument("--unet-steps", type=int, default=3, help="timed UNet steps per recipe (median)")
+    parser.add_argument("--no-e2e", action="store_true", help="only time UNet steps")
+    parser.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "iclight_bench")
+    parser.add_argument("--recipes", default=",".join(RECIPES))
+    parser.add_argument("--worker", choices=RECIPES, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        res = worker(args.worker, args.cache_dir, args.width, args.height, args.steps, args.unet_steps,
+                     not args.no_e2e)  # fmt: skip
+        print("RESULT " + json.dumps(res))
+        return
+
+    import torch
+
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads")
+    # Written in a child process so this parent stays small (children would otherwise inherit its footprint).
+    subprocess.run([sys.executable, "-c", f"import sys; sys.path[:0] = {[str(ROOT), str(ROOT / 'tests')]!r}; "
+                    f"from bench.bench_cpu import write_full_size_model as w; from pathlib import Path; "
+                    f"w(Path({str(args.cache_dir)!r}))"], check=True)  # fmt: skip
+    peak = matmul_peak()
+    print(f"matmul peak ({MATMUL_N}^3): bf16 {peak['bf16']:.2f} TFLOP/s, fp32 {peak['fp32']:.2f} TFLOP/s")
+    results = {}
+    for recipe in args.recipes.split(","):
+        cmd = [sys.executable, __file__, "--worker", recipe, "--width", str(args.width), "--height",
+               str(args.height), "--steps", str(args.steps), "--unet-steps", str(args.unet_steps), "--cache-dir",
+               str(args.cache_dir)] + (["--no-e2e"] if args.no_e2e else [])  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if proc.returncode or line is None:
+            sys.exit(f"{recipe} failed:\n{proc.stderr[-3000:]}")
+        results[recipe] = json.loads(line.removeprefix("RESULT "))
+    print_table(results, peak, args)
+
+
+def print_table(results: dict, peak: dict, args) -> None:
+    """Print the per-recipe numbers and the ratios."""
+    print(f"\nIC-Light fc, {args.width}x{args.height}, {args.steps} steps, highres 1.5x / 0.5 (CFG on)")
+    print(f"{'recipe':<10} {'placement':<48} {'load s':>7} {'UNet step s':>11} {'end-to-end s':>12} {'peak GB':>8}")
+    for name, r in results.items():
+        e2e = f"{r['e2e_s']:.1f}" if "e2e_s" in r else "-"
+        print(f"{name:<10} {r['placement']:<48} {r['load_s']:>7.1f} {r['unet_step_s']:>11.2f} {e2e:>12} "
+              f"{r['peak_rss_gb']:>8.2f}")  # fmt: skip
+    if "ours" in results:
+        ours = results["ours"]
+        tflop = ours["unet_step_flops"] / 1e12
+        limit = ours["unet_step_flops"] / (peak["bf16"] * 1e12)
+        print(f"\nUNet step: {tflop:.2f} TFLOP; compute limit at the bf16 matmul peak {limit:.2f} s; "
+              f"ours {ours['unet_step_s']:.2f} s = {ours['unet_step_s'] / limit:.2f}x the limit")  # fmt: skip
+    if "ours" in results and "reference" in results:
+        ref, ours = results["reference"], results["ours"]
+        print(f"speed-up per UNet step: {ref['unet_step_s'] / ours['unet_step_s']:.2f}x")
+        if "e2e_s" in ref and "e2e_s" in ours:
+            print(f"speed-up end to end:    {ref['e2e_s'] / ours['e2e_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

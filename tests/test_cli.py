@@ -1,0 +1,148 @@
+"""`python -m core relight|suggest` end to end on tiny models: outputs, metadata, re-runs and every error path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+from core.cli import main
+from core.outputs import read_params
+
+FAST = ["--width", "64", "--height", "64", "--steps", "2", "--highres-scale", "1", "--quiet"]
+
+
+@pytest.fixture()
+def fg_png(tmp_path, fg_image) -> Path:
+    path = tmp_path / "fg.png"
+    Image.fromarray(fg_image).save(path)
+    return path
+
+
+@pytest.fixture()
+def model_flags(tiny_paths) -> list[str]:
+    return ["--base-model", str(tiny_paths["base"]), "--models-dir", str(tiny_paths["models"]), "--device", "cpu",
+            "--dtype", "fp32"]  # fmt: skip
+
+
+def run(argv, capsys) -> tuple[int, list[str], str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, [line for line in out.splitlines() if line.strip()], err
+
+
+def test_relight_writes_pngs_with_parameters_and_never_overwrites(tmp_path, fg_png, model_flags, capsys):
+    out = tmp_path / "out"
+    argv = ["relight", "--fg", fg_png, "--prompt", "a cat, sunset over sea", "--out", out, "--light", "left",
+            "--num-images", "2", "--seed", "7", "--no-remove-bg", *FAST, *model_flags]  # fmt: skip
+    code, paths, err = run(argv, capsys)
+    assert code == 0, err
+    assert len(paths) == 2 and all(Path(p).is_file() and Path(p).parent == out for p in paths)
+    params = read_params(paths[0])
+    assert (params.prompt, params.seed, params.num_images, params.light.azimuth) == (
+        "a cat, sunset over sea",
+        7,
+        2,
+        180,
+    )
+    first_bytes = Path(paths[0]).read_bytes()
+    code, again, _ = run(argv, capsys)
+    assert code == 0 and set(again).isdisjoint(paths)
+    assert Path(paths[0]).read_bytes() == first_bytes  # the earlier result is untouched
+    assert Image.open(again[0]).size == (64, 64)
+    assert np.array_equal(np.array(Image.open(again[0])), np.array(Image.open(paths[0])))  # same seed, same image
+
+
+def test_from_png_reproduces_a_result(tmp_path, fg_png, model_flags, capsys):
+    out = tmp_path / "out"
+    code, paths, err = run(["relight", "--fg", fg_png, "--prompt", "neon light", "--out", out, "--seed", "3",
+                            "--matting", "none", *FAST, *model_flags], capsys)  # fmt: skip
+    assert code == 0, err
+    code, again, err = run(["relight", "--from-png", paths[0], "--fg", fg_png, "--out", out, "--quiet",
+                            *model_flags], capsys)  # fmt: skip
+    assert code == 0, err
+    assert np.array_equal(np.array(Image.open(again[0])), np.array(Image.open(paths[0])))
+    assert read_params(again[0]) == read_params(paths[0])
+    code, changed, _ = run(["relight", "--from-png", paths[0], "--fg", fg_png, "--out", out, "--quiet",
+                            "--seed", "4", *model_flags], capsys)  # fmt: skip
+    assert code == 0 and read_params(changed[0]).seed == 4 and read_params(changed[0]).prompt == "neon light"
+
+
+def test_fbc_with_light_direction_and_upload(tmp_path, fg_png, model_flags, capsys, bg_image):
+    bg = tmp_path / "bg.jpg"
+    Image.fromarray(bg_image).save(bg)
+    out = tmp_path / "out"
+    code, paths, err = run(["relight", "--mode", "fbc", "--fg", fg_png, "--prompt", "a cat", "--out", out,
+                            "--bg-source", "right", "--no-remove-bg", *FAST, *model_flags], capsys)  # fmt: skip
+    assert code == 0, err
+    assert read_params(paths[0]).bg_source.value == "right" and read_params(paths[0]).cfg == 7.0
+    code, paths, err = run(["relight", "--mode", "fbc", "--fg", fg_png, "--bg", bg, "--prompt", "a cat", "--out",
+                            out, "--no-remove-bg", *FAST, *model_flags], capsys)  # fmt: skip
+    assert code == 0, err and read_params(paths[0]).bg_source.value == "upload"
+
+
+def test_preview_engine_needs_no_weights(tmp_path, fg_png, capsys):
+    out = tmp_path / "out"
+    code, paths, err = run(["relight", "--engine", "preview", "--fg", fg_png, "--prompt", "x", "--out", out,
+                            "--light", "30", "--light-color", "#ffaa00", "--matting", "grabcut",
+                            "--models-dir", tmp_path / "empty", "--offline", "--quiet"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert len(paths) == 1 and Image.open(paths[0]).size == (80, 100)
+    assert read_params(paths[0]).light.azimuth == 30 and read_params(paths[0]).light.color == "#ffaa00"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--fg", "missing.png"], "--fg missing.png does not exist"),
+        (["--light", "sideways"], "--light should be none, left, right, top, bottom or an angle"),
+        (["--width", "70"], "width should be a multiple of 8"),
+        (["--steps", "0"], "steps should be in"),
+        (["--light-color", "orange"], "color should be a hex colour"),
+        (["--mode", "fbc"], "fbc needs --bg"),
+    ],
+)
+def test_bad_input_is_one_line_and_nonzero(tmp_path, fg_png, model_flags, capsys, extra, message):
+    argv = ["relight", "--fg", fg_png, "--prompt", "x", "--out", tmp_path / "o", *model_flags, *extra]
+    code, _, err = run(argv, capsys)
+    assert code != 0
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_not_an_image_and_missing_weights(tmp_path, fg_png, capsys):
+    text = tmp_path / "notes.png"
+    text.write_text("hello")
+    code, _, err = run(["relight", "--fg", text, "--prompt", "x", "--out", tmp_path / "o", "--no-remove-bg"], capsys)
+    assert code == 2 and "not an image" in err
+    code, _, err = run(["relight", "--fg", fg_png, "--prompt", "x", "--out", tmp_path / "o", "--no-remove-bg",
+                        "--models-dir", tmp_path / "empty", "--offline", *FAST], capsys)  # fmt: skip
+    assert code == 1 and "iclight_sd15_fc.safetensors" in err and str((tmp_path / "empty").resolve()) in err
+
+
+def test_unknown_choice_exits_with_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["relight", "--sampler", "plms"])
+    assert info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_module_entry_point_with_progress_bar_and_suggest(tmp_path, fg_png, tiny_paths):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENAI_API_KEY": ""}
+    cmd = [sys.executable, "-m", "core", "relight", "--fg", str(fg_png), "--prompt", "a cat", "--out",
+           str(tmp_path / "o"), "--base-model", str(tiny_paths["base"]), "--models-dir", str(tiny_paths["models"]),
+           "--device", "cpu", "--no-remove-bg", "--width", "64", "--height", "64", "--steps", "2"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert Path(proc.stdout.strip()).is_file()
+    assert "relight" in proc.stderr and "step" in proc.stderr  # tqdm bar on stderr
+    proc = subprocess.run([sys.executable, "-m", "core", "suggest", "--image", str(fg_png), "--mood", "warm"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert len(data["suggestions"]) == 3
