@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -189,6 +190,8 @@ def run_relight(args: argparse.Namespace) -> int:
         path = getattr(args, flag)
         if path is not None and not path.is_file():
             raise InvalidParameterError(f"--{flag.replace('_', '-')} {path} does not exist or is not a file")
+    if args.offline:
+        os.environ["ICLIGHT_OFFLINE"] = "1"  # one switch for every loader (IC-Light, base model, matting, upscaler)
     params = params_from_args(args)
     if args.fg is None:
         raise InvalidParameterError("--fg FOREGROUND.png is required (the PNG gives parameters, not the input image)")

@@ -337,8 +337,10 @@ def _resolve_folder(source: str, label: str) -> Path:
         raise WeightsNotFoundError(f"{label} folder {source} does not exist")
     from huggingface_hub import snapshot_download
 
+    from core.loading import offline_mode
+
     try:
-        return Path(snapshot_download(source, allow_patterns=HUB_PATTERNS))
+        return Path(snapshot_download(source, allow_patterns=HUB_PATTERNS, local_files_only=offline_mode()))
     except Exception as exc:  # offline, no network, proxy, unknown or gated repo: the weights cannot be had now
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightsNotFoundError(f"{label} ({source}) is not cached and cannot be downloaded: {first_line}") from exc

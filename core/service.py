@@ -76,7 +76,12 @@ class Relighter:
         if self._upscaler is None:
             from core.upscale import Upscaler
 
-            self._upscaler = Upscaler(self.manager.settings.models_dir, device=self._aux_device())
+            from core.loading import offline_mode
+
+            allow = self.manager.settings.download and not offline_mode()
+            self._upscaler = Upscaler(
+                self.manager.settings.models_dir, device=self._aux_device(), allow_download=allow
+            )
         return self._upscaler
 
     def variant_for(self, mode: Mode) -> Variant:
