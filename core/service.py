@@ -74,9 +74,8 @@ class Relighter:
     @property
     def upscaler(self):
         if self._upscaler is None:
-            from core.upscale import Upscaler
-
             from core.loading import offline_mode
+            from core.upscale import Upscaler
 
             allow = self.manager.settings.download and not offline_mode()
             self._upscaler = Upscaler(
