@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import save_file
+from tiny_models import build_components, make_offset
 
 from core.errors import CorruptWeightsError, IncompatibleModelError, InvalidParameterError, WeightsNotFoundError
 from core.loading import (
@@ -22,7 +23,6 @@ from core.loading import (
     widen_conv_in,
 )
 from core.manager import ModelManager, ModelSettings
-from tiny_models import build_components, make_offset
 
 
 @pytest.fixture()

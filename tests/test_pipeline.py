@@ -6,12 +6,12 @@ import threading
 
 import numpy as np
 import pytest
+from official_reference import OfficialDemo
 
 from core.errors import CancelledError, IncompatibleModelError, InvalidParameterError
 from core.lights import Light
 from core.params import BGSource, RelightParams, Sampler
 from core.pipeline import planned_steps, relight
-from official_reference import OfficialDemo
 
 FC_LIGHTS = [(None, "None"), (Light.named("left"), "Left Light"), (Light.named("top"), "Top Light")]
 
@@ -46,8 +46,9 @@ def test_fc_matches_official_with_cfg_one_and_long_prompt(fc_models, fg_image):
 def test_fbc_matches_official_process(fbc_models, fg_image, bg_image, source):
     params = RelightParams.for_mode("fbc", prompt="a cat", width=72, height=64, steps=4, bg_source=source, seed=3)
     ours = relight(fbc_models, fg_image, params, background=bg_image).images
-    theirs = OfficialDemo(fbc_models).process_fbc(fg_image, bg_image, "a cat", 72, 64, 1, 3, 4, params.added_prompt,
-                                                  params.negative_prompt, params.cfg, 1.5, 0.5, source.label)  # fmt: skip
+    reference = OfficialDemo(fbc_models)
+    theirs = reference.process_fbc(fg_image, bg_image, "a cat", 72, 64, 1, 3, 4, params.added_prompt,
+                                   params.negative_prompt, params.cfg, 1.5, 0.5, source.label)  # fmt: skip
     assert _max_diff(ours, theirs) <= 1
 
 
@@ -60,8 +61,10 @@ def test_same_seed_same_images_other_seed_differs(fc_models, fg_image):
     assert np.abs(a.astype(int) - c.astype(int)).max() > 0
 
 
-@pytest.mark.parametrize(("width", "height", "scale", "expected"), [(64, 96, 1.5, (128, 128)), (128, 64, 2.0, (256, 128)),
-                                                                      (72, 64, 1.0, (64, 64))])  # fmt: skip
+SIZES = [(64, 96, 1.5, (128, 128)), (128, 64, 2.0, (256, 128)), (72, 64, 1.0, (64, 64))]
+
+
+@pytest.mark.parametrize(("width", "height", "scale", "expected"), SIZES)
 def test_output_sizes_follow_highres_rounding(fc_models, fg_image, width, height, scale, expected):
     params = RelightParams.for_mode("fc", prompt="x", width=width, height=height, steps=2, highres_scale=scale)
     result = relight(fc_models, fg_image, params)
