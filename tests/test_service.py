@@ -1,0 +1,91 @@
+"""The whole job around the sampler (matting, finishing, saving, normals, preview) on tiny models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.errors import InvalidParameterError
+from core.lights import Light
+from core.manager import ModelManager
+from core.matting import Matter
+from core.outputs import read_params
+from core.params import Matting, RelightParams, Upscale
+from core.service import Relighter
+
+
+@pytest.fixture()
+def relighter(tiny_settings, tmp_path) -> Relighter:
+    manager = ModelManager(tiny_settings)
+    return Relighter(manager, outputs_dir=tmp_path / "outputs", matter=Matter(tmp_path / "no-models"))
+
+
+@pytest.fixture()
+def rgba_png(tmp_path, fg_image) -> str:
+    """The test subject with a real alpha channel: opaque disc, transparent surroundings."""
+    yy, xx = np.mgrid[:100, :80]
+    alpha = (((yy - 50) ** 2 + (xx - 40) ** 2) < 30**2).astype(np.uint8) * 255
+    path = tmp_path / "subject.png"
+    Image.fromarray(np.dstack([fg_image, alpha])).save(path)
+    return str(path)
+
+
+def fast(**changes) -> RelightParams:
+    return RelightParams.for_mode("fc", prompt="a cat", width=64, height=64, steps=2, highres_scale=1.0, **changes)
+
+
+def test_alpha_png_is_used_as_matte_and_result_is_saved(relighter, rgba_png):
+    outcome = relighter.relight(rgba_png, fast(matting=Matting.RMBG))
+    assert outcome.matte.shape == (100, 80)
+    assert outcome.matte[50, 40] == 1.0 and outcome.matte[2, 2] == 0.0
+    assert np.all(outcome.foreground[2, 2] == 127)  # outside the subject: neutral grey
+    assert len(outcome.paths) == 1 and outcome.paths[0].is_file()
+    assert read_params(outcome.paths[0]) == outcome.params
+
+
+def test_finishing_options_change_the_output(relighter, rgba_png):
+    plain = relighter.relight(rgba_png, fast(), save=False).images[0]
+    restored = relighter.relight(rgba_png, fast(restore_details=True, preserve_color=1.0), save=False)
+    assert restored.images[0].shape == plain.shape
+    assert np.abs(restored.images[0].astype(int) - plain.astype(int)).max() > 0
+    upscaled = relighter.relight(rgba_png, fast(upscale=Upscale.X2), save=False)
+    assert upscaled.images[0].shape == (128, 128, 3)
+    assert any("Lanczos" in n for n in upscaled.notices)  # no Real-ESRGAN weights here: said plainly
+
+
+def test_offline_matting_falls_back_to_grabcut_with_a_notice(relighter, fg_image):
+    outcome = relighter.relight(fg_image, fast(matting=Matting.RMBG), save=False)
+    assert outcome.notices and "GrabCut" in " ".join(outcome.notices)
+    assert outcome.images[0].shape == (64, 64, 3)
+
+
+def test_keep_background_uses_the_original_pixels(relighter, fg_image):
+    outcome = relighter.relight(fg_image, fast(matting=Matting.GRABCUT, keep_background=True), save=False)
+    assert np.array_equal(outcome.foreground, fg_image)
+
+
+def test_missing_foreground_is_a_clear_error(relighter):
+    with pytest.raises(InvalidParameterError, match="no foreground image"):
+        relighter.relight(None, fast())
+    with pytest.raises(InvalidParameterError, match="foreground: .*does not exist|foreground: .*not"):
+        relighter.relight("/no/such/file.png", fast())
+
+
+def test_normals_runs_four_relights_with_continuous_progress(relighter, fg_image, bg_image):
+    params = RelightParams.for_mode("fbc", prompt="a cat", width=64, height=64, steps=2, highres_scale=1.0,
+                                    matting=Matting.NONE)  # fmt: skip
+    seen = []
+    images, matting = relighter.normals(fg_image, params, background=bg_image, callback=seen.append)
+    assert len(images) == 9 and all(img.dtype == np.uint8 and img.shape == (64, 64, 3) for img in images)
+    assert [s.overall_step for s in seen] == list(range(1, len(seen) + 1))
+    assert seen[-1].overall_step == seen[-1].overall_total
+    assert matting.foreground.shape == fg_image.shape
+
+
+def test_preview_follows_the_light(relighter, rgba_png):
+    left, _ = relighter.preview(rgba_png, Light.named("left"))
+    right, _ = relighter.preview(rgba_png, Light.named("right"))
+    gray = lambda im: im.astype(float).mean(axis=2)  # noqa: E731
+    assert gray(left)[50, 20:35].mean() > gray(left)[50, 45:60].mean()
+    assert gray(right)[50, 45:60].mean() > gray(right)[50, 20:35].mean()
