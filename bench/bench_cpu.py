@@ -47,10 +47,10 @@ def sd15_unet_config() -> dict:
 def write_full_size_model(folder: Path) -> Path:
     """Write a random full-size SD 1.5 diffusers folder and an fc offset file (once; reused afterwards)."""
     import torch
-    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from safetensors.torch import save_file
-    from tiny_models import write_tokenizer
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from tiny_models import make_offset, save_sd15_folder
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     from core.loading import Variant
 
@@ -76,20 +76,10 @@ def write_full_size_model(folder: Path) -> Path:
             vocab_size=49408,
             max_position_embeddings=77,
             hidden_act="quick_gelu",
-        )  # fmt: skip
+        )
     )
-    write_tokenizer(folder / "_tok")  # a real CLIP vocabulary cannot be downloaded here; cost is identical
-    tokenizer = CLIPTokenizer.from_pretrained(str(folder / "_tok"))
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=DPMSolverMultistepScheduler(), safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)  # fmt: skip
-    pipe.save_pretrained(str(folder / "base"))
-    offset = {}
-    for key, value in unet.state_dict().items():
-        shape = list(value.shape)
-        if key == "conv_in.weight":
-            shape[1] = Variant.FC.in_channels
-        offset[key] = (torch.randn(shape) * 1e-3).to(torch.float16)
+    save_sd15_folder(folder / "base", text_encoder, vae, unet)  # tokenizer cost is the same as CLIP's
+    offset = make_offset(unet, Variant.FC, scale=1e-3)
     (folder / "models").mkdir(exist_ok=True)
     save_file(offset, str(folder / "models" / Variant.FC.filename))
     done.write_text("ok")

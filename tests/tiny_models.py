@@ -80,27 +80,30 @@ def build_components(seed: int = 0):
     return text_encoder.eval(), vae.eval(), unet.eval()
 
 
-def write_base_model(folder: Path, seed: int = 0) -> Path:
-    """Save a tiny SD 1.5 pipeline in the diffusers folder layout (model_index.json, unet/, vae/, ...)."""
+def save_sd15_folder(folder: Path, text_encoder, vae, unet) -> Path:
+    """Save components as a diffusers SD 1.5 folder (model_index.json, unet/, vae/, ...) with our small tokenizer."""
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
     tok_dir = folder / "_tok"
     write_tokenizer(tok_dir)
-    tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
-    text_encoder, vae, unet = build_components(seed)
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
-        tokenizer=tokenizer,
+        tokenizer=CLIPTokenizer.from_pretrained(str(tok_dir)),
         unet=unet,
-        scheduler=DPMSolverMultistepScheduler(),
+        scheduler=DPMSolverMultistepScheduler(steps_offset=1),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.save_pretrained(str(folder))
     return folder
+
+
+def write_base_model(folder: Path, seed: int = 0) -> Path:
+    """Save a tiny SD 1.5 pipeline in the diffusers folder layout."""
+    return save_sd15_folder(folder, *build_components(seed))
 
 
 def make_offset(unet: torch.nn.Module, variant: Variant, seed: int = 1, scale: float = 0.02) -> dict:
