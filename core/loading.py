@@ -12,7 +12,13 @@ from typing import Any
 
 import torch
 
-from core.errors import CorruptWeightsError, IncompatibleModelError, InvalidParameterError, WeightsNotFoundError
+from core.errors import (
+    CorruptWeightsError,
+    ICLightError,
+    IncompatibleModelError,
+    InvalidParameterError,
+    WeightsNotFoundError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -274,7 +280,7 @@ def load_base_components(
         unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=torch.float32, **kwargs)
         text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=text_dtype, **kwargs)
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=vae_dtype, **kwargs)
-    except (IncompatibleModelError, InvalidParameterError, CorruptWeightsError):
+    except ICLightError:
         raise
     except (OSError, ValueError) as exc:
         raise _explain_base_failure(source, kind, exc) from exc
@@ -286,6 +292,8 @@ def _load_single_file(path: Path, config: str | None, offline: bool) -> BaseComp
     from diffusers.loaders.single_file_utils import SingleFileComponentError
 
     config = config or os.environ.get("ICLIGHT_SINGLE_FILE_CONFIG") or SINGLE_FILE_CONFIG
+    if offline and not Path(config).expanduser().is_dir():
+        config = _cached_config_folder(config)
     try:
         pipe = StableDiffusionPipeline.from_single_file(
             str(path), config=config, local_files_only=offline, safety_checker=None, torch_dtype=torch.float32
@@ -294,6 +302,20 @@ def _load_single_file(path: Path, config: str | None, offline: bool) -> BaseComp
         raise _explain_base_failure(str(path), "file", exc) from exc
     check_sd15(pipe.unet.config, pipe.text_encoder.config.hidden_size, str(path))
     return BaseComponents(pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet, str(path))
+
+
+def _cached_config_folder(repo_id: str) -> str:
+    """Offline: the cached layout config of `repo_id` (diffusers would otherwise try the network anyway)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, local_files_only=True, allow_patterns=["*.json", "**/*.json", "**/*.txt"])
+    except Exception as exc:  # cache misses come in several error types; all mean "not cached"
+        raise WeightsNotFoundError(
+            f"a single-file checkpoint needs the SD 1.5 layout config '{repo_id}', which is not cached and cannot be "
+            f"downloaded offline. Set ICLIGHT_SINGLE_FILE_CONFIG to a local diffusers SD 1.5 folder "
+            f"({exc.__class__.__name__})"
+        ) from exc
 
 
 def _explain_base_failure(source: str, kind: str, exc: Exception) -> Exception:
