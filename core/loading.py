@@ -19,6 +19,7 @@ from core.errors import (
     InvalidParameterError,
     WeightsNotFoundError,
 )
+from core.weights import SafetensorsFile, offset_in_channels
 
 logger = logging.getLogger(__name__)
 
@@ -85,62 +86,6 @@ def ensure_iclight_weights(variant: Variant, models_dir: Path, download: bool = 
     return Path(got)
 
 
-class OffsetFile(Mapping):
-    """An IC-Light offset file read lazily, tensor by tensor, so merging never holds two UNet copies."""
-
-    def __init__(self, path: Path) -> None:
-        from safetensors import safe_open
-
-        self.path = Path(path)
-        self._handle = safe_open(str(self.path), framework="pt", device="cpu")
-        self._keys = list(self._handle.keys())
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        if key not in self._keys:
-            raise KeyError(key)
-        return self._handle.get_tensor(key)
-
-    def __iter__(self):
-        return iter(self._keys)
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self._handle.get_slice(key).get_shape())
-
-
-def read_offset(path: Path) -> OffsetFile:
-    """Open an IC-Light offset file, turning unreadable files into a clear CorruptWeightsError."""
-    from safetensors import SafetensorError
-
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsNotFoundError(f"IC-Light weight file {path} does not exist")
-    try:
-        offset = OffsetFile(path)
-        if "conv_in.weight" in offset:
-            offset["conv_in.weight"]  # reading one tensor catches files cut short inside the data
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CorruptWeightsError(
-            f"{path} ({path.stat().st_size} bytes) is not a readable safetensors file ({exc}). "
-            f"It is probably truncated by an interrupted download: delete it and run again to re-download."
-        ) from exc
-    return offset
-
-
-def _shape(offset: Mapping, key: str) -> tuple[int, ...]:
-    return offset.shape(key) if isinstance(offset, OffsetFile) else tuple(offset[key].shape)
-
-
-def offset_in_channels(offset: Mapping, path: Path) -> int:
-    """Input channels of conv_in stored in an offset file."""
-    shape = _shape(offset, "conv_in.weight") if "conv_in.weight" in offset else ()
-    if len(shape) != 4:
-        raise IncompatibleModelError(f"{path} has no 4-D 'conv_in.weight'; it is not an IC-Light SD 1.5 weight file")
-    return int(shape[1])
-
-
 def check_offset_variant(offset: Mapping, variant: Variant, path: Path) -> None:
     """Reject an fc file used as fbc and vice versa (8 vs 12 input channels)."""
     channels = offset_in_channels(offset, path)
@@ -152,52 +97,21 @@ def check_offset_variant(offset: Mapping, variant: Variant, path: Path) -> None:
         )
 
 
-@torch.no_grad()
-def widen_conv_in(unet: torch.nn.Module, in_channels: int) -> None:
-    """Replace conv_in by one with `in_channels` inputs: first 4 copied, new ones zero, bias kept."""
-    old = unet.conv_in
-    if old.in_channels == in_channels:
-        return
-    new = torch.nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding)
-    new = new.to(device=old.weight.device, dtype=old.weight.dtype)
-    new.weight.zero_()
-    new.weight[:, : old.in_channels].copy_(old.weight)
-    new.bias = old.bias
-    unet.conv_in = new
-    unet.register_to_config(in_channels=in_channels)
-
-
-@torch.no_grad()
-def apply_offset(unet: torch.nn.Module, offset: Mapping, source: Path | str = "offset") -> None:
-    """Add the offset (a delta over every base UNet key) to the UNet weights, strictly and in place."""
-    state = unet.state_dict()
-    missing = sorted(set(state) - set(offset))
-    unexpected = sorted(set(offset) - set(state))
-    if missing or unexpected:
-        raise IncompatibleModelError(
-            f"{source} does not match the base UNet: {len(missing)} key(s) missing (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}). IC-Light needs an SD 1.5 base model."
-        )
-    for key, base in state.items():
-        if _shape(offset, key) != tuple(base.shape):
-            raise IncompatibleModelError(
-                f"{source}: '{key}' has shape {_shape(offset, key)} but the base UNet has {tuple(base.shape)}; "
-                f"IC-Light needs an SD 1.5 base model"
-            )
-    # In place, one tensor at a time: the same fp32 sums as `base + offset` without a second copy of the UNet.
-    for key, base in state.items():
-        base.add_(offset[key].to(device=base.device))
-
-
 @dataclass
 class BaseComponents:
-    """The SD 1.5 parts IC-Light builds on."""
+    """The SD 1.5 parts IC-Light builds on; the UNet as config + weights, merged later per variant."""
 
     tokenizer: Any
     text_encoder: torch.nn.Module
     vae: torch.nn.Module
-    unet: torch.nn.Module
+    unet_config: dict[str, Any]
+    unet_weights: Mapping[str, torch.Tensor]  # a lazily read file, or an in-memory state dict
     source: str
+
+    @classmethod
+    def from_modules(cls, tokenizer: Any, text_encoder, vae, unet, source: str) -> BaseComponents:
+        """Components from loaded modules (in-memory, single-file, or non-safetensors checkpoints)."""
+        return cls(tokenizer, text_encoder, vae, dict(unet.config), unet.state_dict(), source)
 
 
 def classify_base_source(base_model: str) -> str:
@@ -277,14 +191,19 @@ def load_base_components(
         unet_config = UNet2DConditionModel.load_config(source, subfolder="unet", **kwargs)
         check_sd15(unet_config, text_config.hidden_size, source)
         tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kwargs)
-        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=torch.float32, **kwargs)
+        weights_file = _unet_weights_file(source, kind, offline)
+        if weights_file is not None:
+            unet_weights: Mapping[str, torch.Tensor] = SafetensorsFile(weights_file)
+        else:  # .bin or sharded checkpoints: let diffusers read them
+            unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=torch.float32, **kwargs)
+            unet_weights = unet.state_dict()
         text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=text_dtype, **kwargs)
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=vae_dtype, **kwargs)
     except ICLightError:
         raise
     except (OSError, ValueError) as exc:
         raise _explain_base_failure(source, kind, exc) from exc
-    return BaseComponents(tokenizer, text_encoder, vae, unet, source)
+    return BaseComponents(tokenizer, text_encoder, vae, dict(unet_config), unet_weights, source)
 
 
 def _load_single_file(path: Path, config: str | None, offline: bool) -> BaseComponents:
@@ -301,7 +220,21 @@ def _load_single_file(path: Path, config: str | None, offline: bool) -> BaseComp
     except (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError) as exc:
         raise _explain_base_failure(str(path), "file", exc) from exc
     check_sd15(pipe.unet.config, pipe.text_encoder.config.hidden_size, str(path))
-    return BaseComponents(pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet, str(path))
+    return BaseComponents.from_modules(pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet, str(path))
+
+
+def _unet_weights_file(source: str, kind: str, offline: bool) -> Path | None:
+    """The UNet's single .safetensors file, when the model has one (read tensor by tensor to save memory)."""
+    name = "diffusion_pytorch_model.safetensors"
+    if kind == "folder":
+        path = Path(source).expanduser() / "unet" / name
+        return path if path.is_file() else None
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(source, name, subfolder="unet", local_files_only=offline))
+    except Exception:  # not cached / no such file (a .bin-only repo): from_pretrained decides and explains
+        return None
 
 
 def _cached_config_folder(repo_id: str) -> str:

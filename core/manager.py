@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import gc
 import logging
 import os
@@ -20,15 +19,13 @@ from core.loading import (
     DEFAULT_BASE_MODEL,
     BaseComponents,
     Variant,
-    apply_offset,
     check_offset_variant,
     default_models_dir,
     ensure_iclight_weights,
     load_base_components,
-    read_offset,
-    widen_conv_in,
 )
 from core.sampling import ConcatConditionedUNet
+from core.weights import build_iclight_unet, read_offset
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +101,7 @@ class ModelManager:
         placement: Placement | None = None,
     ) -> None:
         self.settings = settings or ModelSettings.from_env()
-        self._injected_base = base  # kept pristine; each variant gets a deep copy of its UNet
+        self._injected_base = base  # its UNet is never modified: each variant builds its own
         self._offsets = dict(offsets or {})
         self._base: BaseComponents | None = None
         self._cache: dict[tuple, ICLightModels] = {}
@@ -122,7 +119,7 @@ class ModelManager:
         offsets: dict[Variant, dict[str, torch.Tensor]] | None = None,
     ) -> ModelManager:
         """A manager over in-memory SD 1.5 components (offsets from `offsets` or the models folder)."""
-        base = BaseComponents(tokenizer, text_encoder, vae, unet, source="in-memory components")
+        base = BaseComponents.from_modules(tokenizer, text_encoder, vae, unet, source="in-memory components")
         return cls(settings or ModelSettings(base_model="in-memory components"), base=base, offsets=offsets)
 
     @property
@@ -161,7 +158,7 @@ class ModelManager:
             for key in [k for k in self._cache if variant is None or k[0] == Variant(variant)]:
                 del self._cache[key]
             if variant is None or not self._cache:
-                self._base = None
+                self._base = None  # also drops the base weights' file handles
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -189,30 +186,27 @@ class ModelManager:
         check_offset_variant(offset, variant, source)
         return offset
 
-    def _base_components(self) -> tuple[BaseComponents, torch.nn.Module]:
-        """Shared tokenizer/text encoder/VAE plus a UNet that this variant may modify."""
+    def _base_components(self) -> BaseComponents:
+        """Shared tokenizer, text encoder, VAE and the (lazily read) base UNet weights."""
         if self._injected_base is not None:
-            base = self._injected_base
-            return base, copy.deepcopy(base.unet)
-        if self._base is None or self._base.unet is None:
+            return self._injected_base
+        if self._base is None:
             placement = self.placement
             self._base = load_base_components(
                 self.settings.base_model, text_dtype=placement.text_dtype, vae_dtype=placement.vae_dtype
             )
-        unet, self._base.unet = self._base.unet, None  # the next variant reloads a pristine UNet
-        return self._base, unet
+        return self._base
 
     def _load(self, variant: Variant) -> ICLightModels:
         placement = self.placement
         logger.info("loading IC-Light %s on %s", variant.value, placement.describe())
         offset = self._offset(variant)  # first: fail fast on missing/corrupt weights before the big load
-        base, unet = self._base_components()
-        widen_conv_in(unet, variant.in_channels)
-        apply_offset(unet, offset, source=variant.filename)
+        base = self._base_components()
+        unet = build_iclight_unet(base.unet_config, base.unet_weights, offset, variant.in_channels,
+                                  placement.unet_dtype, source=variant.filename)  # fmt: skip
         del offset
-        unet.eval().requires_grad_(False)
         home = "cpu" if placement.offload else placement.torch_device
-        unet.to(device=home, dtype=placement.unet_dtype)
+        unet.to(device=home)
         text_encoder = base.text_encoder.eval().requires_grad_(False).to(device=home, dtype=placement.text_dtype)
         vae = base.vae.eval().requires_grad_(False).to(device=home, dtype=placement.vae_dtype)
         if placement.channels_last:

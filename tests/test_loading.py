@@ -13,16 +13,14 @@ from tiny_models import build_components, make_offset
 from core.errors import CorruptWeightsError, IncompatibleModelError, InvalidParameterError, WeightsNotFoundError
 from core.loading import (
     Variant,
-    apply_offset,
     check_offset_variant,
     classify_base_source,
     default_models_dir,
     ensure_iclight_weights,
     load_base_components,
-    read_offset,
-    widen_conv_in,
 )
 from core.manager import ModelManager, ModelSettings
+from core.weights import build_iclight_unet, read_offset
 
 
 @pytest.fixture()
@@ -30,37 +28,52 @@ def tiny_unet():
     return build_components(seed=3)[2]
 
 
-def test_widen_conv_in_copies_first_four_channels_and_zeroes_the_rest(tiny_unet):
-    old_weight = tiny_unet.conv_in.weight.detach().clone()
-    old_bias = tiny_unet.conv_in.bias.detach().clone()
-    widen_conv_in(tiny_unet, 12)
-    conv = tiny_unet.conv_in
-    assert conv.in_channels == 12 and conv.weight.shape[1] == 12
-    assert torch.equal(conv.weight[:, :4], old_weight)
-    assert torch.count_nonzero(conv.weight[:, 4:]) == 0
-    assert torch.equal(conv.bias, old_bias)
-    assert tiny_unet.config.in_channels == 12
+def test_merge_widens_conv_in_and_adds_the_offset_to_every_key(tiny_unet):
+    base = {k: v.clone() for k, v in tiny_unet.state_dict().items()}
+    offset = make_offset(tiny_unet, Variant.FBC)
+    unet = build_iclight_unet(tiny_unet.config, base, offset, 12, torch.float32, source="test")
+    merged = unet.state_dict()
+    conv = merged["conv_in.weight"]
+    assert conv.shape[1] == 12 and unet.config.in_channels == 12 and unet.conv_in.in_channels == 12
+    # First 4 input channels: base + offset; the 8 new ones start at zero, so they are exactly the offset.
+    assert torch.equal(conv[:, :4], base["conv_in.weight"] + offset["conv_in.weight"][:, :4].float())
+    assert torch.equal(conv[:, 4:], offset["conv_in.weight"][:, 4:].float())
+    assert torch.equal(merged["conv_in.bias"], base["conv_in.bias"] + offset["conv_in.bias"].float())
+    for key, value in base.items():
+        if key != "conv_in.weight":
+            assert torch.equal(merged[key], value + offset[key].float()), key
+    assert torch.equal(tiny_unet.state_dict()["conv_in.weight"], base["conv_in.weight"])  # base untouched
 
 
-def test_apply_offset_adds_the_delta_to_every_key(tiny_unet):
-    widen_conv_in(tiny_unet, 8)
-    before = {k: v.clone() for k, v in tiny_unet.state_dict().items()}
+def test_merge_casts_after_summing_in_fp32(tiny_unet):
+    base = tiny_unet.state_dict()
     offset = make_offset(tiny_unet, Variant.FC)
-    apply_offset(tiny_unet, offset)
-    after = tiny_unet.state_dict()
-    for key, value in before.items():
-        assert torch.equal(after[key], value + offset[key].float()), key
+    unet = build_iclight_unet(tiny_unet.config, base, offset, 8, torch.bfloat16, source="test")
+    key = "conv_out.weight"
+    assert unet.state_dict()[key].dtype == torch.bfloat16
+    assert torch.equal(unet.state_dict()[key], (base[key] + offset[key].float()).to(torch.bfloat16))
 
 
-def test_apply_offset_rejects_missing_keys_and_shapes(tiny_unet):
-    widen_conv_in(tiny_unet, 8)
+def test_merge_rejects_missing_keys_and_shapes(tiny_unet):
+    base = tiny_unet.state_dict()
     offset = make_offset(tiny_unet, Variant.FC)
     partial = dict(list(offset.items())[1:])
     with pytest.raises(IncompatibleModelError, match="1 key\\(s\\) missing"):
-        apply_offset(tiny_unet, partial)
+        build_iclight_unet(tiny_unet.config, base, partial, 8, torch.float32, source="x")
     offset["conv_out.bias"] = torch.zeros(7)
     with pytest.raises(IncompatibleModelError, match="conv_out.bias"):
-        apply_offset(tiny_unet, offset)
+        build_iclight_unet(tiny_unet.config, base, offset, 8, torch.float32, source="x")
+
+
+def test_weight_file_reader_matches_safetensors(tiny_paths):
+    from safetensors.torch import load_file
+
+    path = tiny_paths["models"] / Variant.FBC.filename
+    expected = load_file(str(path))
+    ours = read_offset(path)
+    assert set(ours) == set(expected) and len(ours) == len(expected)
+    for key, value in expected.items():
+        assert ours.shape(key) == tuple(value.shape) and torch.equal(ours[key], value)
 
 
 def test_fc_file_used_as_fbc_and_back_is_named(tiny_paths):

@@ -8,8 +8,9 @@ from safetensors import safe_open
 from single_file import CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, write_single_file_checkpoint
 from transformers import CLIPTokenizer
 
-from core.loading import Variant, load_base_components, read_offset
+from core.loading import Variant, load_base_components
 from core.manager import ModelManager, ModelSettings
+from core.weights import read_offset
 
 # Keys every SD 1.5 checkpoint has; diffusers' own single-file detection looks for the CLIP one.
 LDM_LANDMARKS = (
@@ -74,7 +75,7 @@ def test_checkpoint_has_the_original_sd15_layout(ckpt, originals):
 def test_single_file_loads_the_exact_diffusers_weights(ckpt, tiny_paths, originals):
     base = load_base_components(str(ckpt), single_file_config=str(tiny_paths["base"]))
     assert base.source == str(ckpt)
-    assert_same_weights(base.unet.state_dict(), originals["unet"], "unet")
+    assert_same_weights(dict(base.unet_weights), originals["unet"], "unet")
     assert_same_weights(base.vae.state_dict(), originals["vae"], "vae")
     assert_same_weights(base.text_encoder.state_dict(), originals["text_encoder"], "text_encoder")
     tokenizer = CLIPTokenizer.from_pretrained(str(tiny_paths["base"]), subfolder="tokenizer")
