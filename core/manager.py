@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 import threading
@@ -14,7 +13,7 @@ from typing import Any
 
 import torch
 
-from core.devices import Placement, env_flag, resolve_placement
+from core.devices import Placement, env_flag, release_cpu_memory, resolve_placement
 from core.loading import (
     DEFAULT_BASE_MODEL,
     BaseComponents,
@@ -159,7 +158,7 @@ class ModelManager:
                 del self._cache[key]
             if variant is None or not self._cache:
                 self._base = None  # also drops the base weights' file handles
-        gc.collect()
+        release_cpu_memory()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
@@ -214,6 +213,7 @@ class ModelManager:
             vae.to(memory_format=torch.channels_last)
         if placement.vae_tiling and hasattr(vae, "enable_tiling"):
             vae.enable_tiling()
+        release_cpu_memory()
         return ICLightModels(
             variant=variant,
             tokenizer=base.tokenizer,

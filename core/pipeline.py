@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from core.devices import release_cpu_memory
 from core.errors import IncompatibleModelError, InvalidParameterError
 from core.imageops import (
     AMBIENT_GREY,
@@ -116,6 +117,8 @@ def encode_batch(models: ICLightModels, images: list[np.ndarray]) -> torch.Tenso
 @torch.inference_mode()
 def decode(models: ICLightModels, latents: torch.Tensor) -> torch.Tensor:
     """Scaled latents to pixels in [-1, 1]."""
+    if models.device.type == "cpu":
+        release_cpu_memory()  # the decoder is the memory peak: start it from a trimmed heap
     vae = models.vae
     with models.active(vae):
         return vae.decode(latents.to(device=models.device, dtype=vae.dtype) / vae.config.scaling_factor).sample
