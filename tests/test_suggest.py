@@ -25,7 +25,6 @@ from core.lights import Light, parse_hex_color
 from core.prompt_text import lighting_key
 from core.suggest import (
     DEFAULT_MODEL,
-    LIGHTING_PRESETS,
     MOODS,
     NOTICE_NOT_CONFIGURED,
     SOURCE_OFFLINE,
@@ -39,6 +38,7 @@ from core.suggest import (
     suggest_json,
     suggest_lighting,
 )
+from core.suggest_offline import LIGHTING_PRESETS
 
 SECRET = "sk-test-DO-NOT-LEAK-0123456789abcdef"
 SIZE = (96, 80)  # (height, width) of the test images: small keeps every test fast
