@@ -1,0 +1,395 @@
+"""The page both apps share: every input, output and event except each app's conditioning inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+from PIL import Image, UnidentifiedImageError
+
+from app_engine import CHOICE_NAMES, PAD_FIELDS, ranges
+from app_handlers import NORMALS_OUTPUTS, RELIGHT_OUTPUTS, AppHandlers, pad_image
+from app_settings import AppSettings
+from core.images import ACCEPTED_TEXT
+from core.lights import Light
+from core.manager import ModelManager
+from core.params import (
+    DEFAULT_ADDED_PROMPT,
+    DEFAULT_NEGATIVE_PROMPT,
+    MAX_SEED,
+    MODE_DEFAULTS,
+    Matting,
+    Mode,
+    RelightParams,
+    Sampler,
+    Upscale,
+)
+from core.prompt_text import SUBJECT_ITEMS, replace_lighting, split_items
+from core.service import Relighter
+from core.suggest import MOODS
+
+IMAGE_HEIGHT = 320  # px of the input and output image boxes
+PREVIEW_CONCURRENCY = 4  # instant previews are CPU-light; a few run beside a sampling job
+SUGGEST_CONCURRENCY = 4  # suggestions mostly wait on a remote server
+GPU_QUEUE = "gpu"  # relight and normals share the accelerator, so they share one concurrency limit
+SAMPLER_LABELS = {
+    Sampler.DPMPP_2M_SDE_KARRAS: "DPM++ 2M SDE Karras (official)",
+    Sampler.DPMPP_2M_KARRAS: "DPM++ 2M Karras",
+    Sampler.DDIM: "DDIM",
+    Sampler.EULER_A: "Euler a",
+}
+MATTING_LABELS = {
+    Matting.RMBG: "RMBG-1.4 (non-commercial licence)",
+    Matting.BIREFNET: "BiRefNet (MIT licence)",
+    Matting.ALPHA: "The image's own alpha channel",
+    Matting.GRABCUT: "GrabCut (classical, no weights)",
+    Matting.NONE: "None: use the image as it is",
+}
+MATTING_NOTE = (
+    "RMBG-1.4 (BRIA AI) may only be used non-commercially; BiRefNet is MIT-licensed. Without their weights the "
+    "app falls back to GrabCut and says so. PNGs with transparency use their own alpha channel."
+)
+UPSCALE_LABELS = {Upscale.OFF: "Off", Upscale.X2: "x2", Upscale.X4: "x4", Upscale.P1080: "1080p (short side)"}
+
+
+@dataclass(frozen=True)
+class AppSpec:
+    """What makes one app different from the other; everything else is shared."""
+
+    mode: Mode
+    title: str
+    intro: str  # Markdown under the title
+    choice_label: str  # label of the light (fc) or background source (fbc) radio
+    choices: tuple[str, ...]
+    choice_default: str
+    examples: list[list]
+    example_fields: tuple[str, ...]  # form names that the example columns fill, in order
+    add_inputs: Callable[[Page], None] | None = None  # extra conditioning inputs beside the foreground
+    add_actions: Callable[[Page], None] | None = None  # extra buttons beside Relight
+    add_quick_lists: Callable[[Page], None] | None = None  # quick lists under the results
+
+
+@dataclass
+class Page:
+    """The components of one app page by form name, with the handlers behind them."""
+
+    handlers: AppHandlers
+    spec: AppSpec
+    inputs: dict[str, Any] = field(default_factory=dict)  # relight inputs by API parameter name, in API order
+    outputs: dict[str, Any] = field(default_factory=dict)  # RELIGHT_OUTPUTS components by name
+    parts: dict[str, Any] = field(default_factory=dict)  # everything else: pad, preview, buttons, chips, ...
+    gpu_events: list[Any] = field(default_factory=list)  # events the Stop button cancels
+
+
+def image_input(label: str) -> gr.Image:
+    """An upload/paste/webcam image input that keeps PNG alpha and explains files it cannot open."""
+    image = gr.Image(
+        label=label, type="filepath", image_mode=None, sources=["upload", "clipboard", "webcam"], height=IMAGE_HEIGHT
+    )
+    # Gradio opens every upload with Pillow before any handler runs and reports a failure there only as a generic
+    # "error" (a Component subclass would write a .pyi stub next to this file), so wrap this one instance.
+    opened = image.preprocess
+
+    def preprocess(payload: Any) -> str | None:
+        """The stock preprocessing, with open failures turned into a message saying what to upload."""
+        try:
+            return opened(payload)
+        except Image.DecompressionBombError as exc:
+            raise gr.Error(f"{label}: the image is too large to open safely ({exc})") from None
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise gr.Error(
+                f"{label}: cannot read the file as an image ({exc}); upload a {ACCEPTED_TEXT} image"
+            ) from None
+
+    image.preprocess = preprocess
+    return image
+
+
+def make_relighter(settings: AppSettings) -> Relighter:
+    """The engine for an app: models load lazily on the first request, never here."""
+    return Relighter(ModelManager(settings.model), outputs_dir=settings.outputs_dir)
+
+
+def _slider(page: Page, name: str, label: str, default: float, step: float, integer: bool = False) -> gr.Slider:
+    low, high = ranges(page.spec.mode)[name]
+    slider = gr.Slider(low, high, value=default, step=step, precision=0 if integer else None, label=label)
+    page.inputs[name] = slider
+    return slider
+
+
+def _build_prompt(page: Page) -> None:
+    """Prompt with the lighting-suggestion controls beside it."""
+    with gr.Row(equal_height=True):
+        page.inputs["prompt"] = gr.Textbox(label="Prompt", scale=4, placeholder="subject, lighting")
+        page.parts["mood"] = gr.Dropdown(["", *MOODS], value="", label="Mood", scale=1, min_width=110)
+        page.parts["suggest"] = gr.Button("Suggest lighting", scale=1, min_width=110)
+    page.parts["suggestions"] = gr.JSON(label="Lighting suggestions", visible=False)
+    page.parts["chips"] = gr.Dataset(
+        components=["textbox"],
+        samples=[],
+        type="index",
+        label="Suggested lighting (click to use)",
+        visible=False,
+        elem_id="suggestions",
+    )
+    page.parts["suggest_note"] = gr.Markdown()
+
+
+def _build_size(page: Page) -> None:
+    """Seed, image count and size."""
+    with gr.Group():
+        with gr.Row():
+            page.inputs["seed"] = gr.Number(
+                label="Seed", value=RelightParams.seed, precision=0, minimum=0, maximum=MAX_SEED
+            )
+            page.inputs["randomize_seed"] = gr.Checkbox(label="Randomize seed", value=False)
+            _slider(page, "num_images", "Images", 1, 1, integer=True)
+        with gr.Row():
+            _slider(page, "width", "Width", RelightParams.width, 64, integer=True)
+            _slider(page, "height", "Height", RelightParams.height, 64, integer=True)
+
+
+def _build_light_pad(page: Page) -> None:
+    """The clickable lit sphere, its instant preview and the light's sliders."""
+    light = Light()
+    with gr.Accordion("Light pad: click the sphere to place the light", open=True):
+        with gr.Row():
+            page.parts["pad"] = gr.Image(
+                pad_image(light),
+                label="Light pad (click)",
+                elem_id="light-pad",
+                interactive=False,
+                height=IMAGE_HEIGHT * 3 // 4,
+                buttons=[],
+            )
+            page.parts["preview"] = gr.Image(label="Instant preview", interactive=False, height=IMAGE_HEIGHT * 3 // 4)
+        with gr.Row():
+            page.inputs["azimuth"] = gr.Slider(
+                0, 360, value=light.azimuth, step=1, label="Azimuth (0 = right, 90 = top)"
+            )
+            page.inputs["elevation"] = gr.Slider(0, 90, value=light.elevation, step=1, label="Elevation (90 = camera)")
+        with gr.Row():
+            page.inputs["light_color"] = gr.ColorPicker(value=light.color, label="Light colour")
+            page.inputs["light_intensity"] = gr.Slider(0, 2, value=light.intensity, step=0.05, label="Intensity")
+            page.inputs["ambient"] = gr.Slider(0, 1, value=light.ambient, step=0.05, label="Ambient")
+
+
+def _build_advanced(page: Page) -> None:
+    """Sampling settings with the official defaults of the app's mode."""
+    defaults = RelightParams.for_mode(page.spec.mode)
+    with gr.Accordion("Advanced", open=False):
+        _slider(page, "steps", "Steps", MODE_DEFAULTS[page.spec.mode]["steps"], 1, integer=True)
+        _slider(page, "cfg", "CFG scale", MODE_DEFAULTS[page.spec.mode]["cfg"], 0.01)
+        if "lowres_denoise" in ranges(page.spec.mode):
+            _slider(page, "lowres_denoise", "Lowres denoise (for initial latent)", defaults.lowres_denoise, 0.01)
+        _slider(page, "highres_scale", "Highres scale", defaults.highres_scale, 0.01)
+        _slider(page, "highres_denoise", "Highres denoise", defaults.highres_denoise, 0.01)
+        page.inputs["added_prompt"] = gr.Textbox(label="Added prompt", value=DEFAULT_ADDED_PROMPT)
+        page.inputs["negative_prompt"] = gr.Textbox(label="Negative prompt", value=DEFAULT_NEGATIVE_PROMPT)
+        page.inputs["sampler"] = gr.Dropdown(
+            [(label, s.value) for s, label in SAMPLER_LABELS.items()], value=defaults.sampler.value, label="Sampler"
+        )
+
+
+def _build_finishing(page: Page) -> None:
+    """Foreground extraction and the finishing steps after sampling."""
+    with gr.Accordion("Foreground & finishing", open=False):
+        page.inputs["matting"] = gr.Dropdown(
+            [(label, m.value) for m, label in MATTING_LABELS.items()],
+            value=Matting.RMBG.value,
+            label="Background removal",
+        )
+        gr.Markdown(MATTING_NOTE)
+        page.inputs["keep_background"] = gr.Checkbox(label="Keep original background", value=False)
+        with gr.Row():
+            page.inputs["restore_details"] = gr.Checkbox(label="Restore details", value=False)
+            _slider(page, "detail_radius", "Detail radius (px at 512)", RelightParams.detail_radius, 0.5)
+        _slider(page, "preserve_color", "Preserve colour", RelightParams.preserve_color, 0.05)
+        page.inputs["upscale"] = gr.Dropdown(
+            [(label, u.value) for u, label in UPSCALE_LABELS.items()], value=Upscale.OFF.value, label="Upscale"
+        )
+
+
+def _build_outputs(page: Page) -> None:
+    """Results gallery, before/after slider, preprocessed foreground, matte and downloads."""
+    out = page.outputs
+    out["gallery"] = gr.Gallery(
+        label="Results", height=IMAGE_HEIGHT * 3 // 2, columns=2, object_fit="contain", format="png", elem_id="results"
+    )
+    out["info"] = gr.Markdown(label="Run info")
+    out["seed"] = gr.Number(label="Seed used", precision=0, interactive=False)
+    out["comparison"] = gr.ImageSlider(label="Before and after", type="numpy")
+    with gr.Row():
+        out["foreground"] = gr.Image(label="Preprocessed foreground", interactive=False, height=IMAGE_HEIGHT)
+        out["matte"] = gr.Image(label="Matte", interactive=False, height=IMAGE_HEIGHT, image_mode="L")
+    out["files"] = gr.File(label="Downloads", file_count="multiple", interactive=False)
+    out["results"] = gr.State()
+
+
+def build_page(spec: AppSpec, handlers: AppHandlers, settings: AppSettings) -> Page:
+    """Lay out the page and wire the shared events; call inside `gr.Blocks()`."""
+    page = Page(handlers, spec)
+    gr.Markdown(f"# {spec.title}\n{spec.intro}")
+    page.parts["status"] = gr.Markdown(handlers.status(), elem_id="status")
+    with gr.Row():
+        with gr.Column(scale=1):
+            with gr.Row():
+                page.inputs["foreground"] = image_input("Foreground")
+                if spec.add_inputs is not None:
+                    spec.add_inputs(page)
+            _build_prompt(page)
+            name = CHOICE_NAMES[spec.mode]
+            page.inputs[name] = gr.Radio(list(spec.choices), value=spec.choice_default, label=spec.choice_label)
+            with gr.Row():
+                page.parts["relight"] = gr.Button("Relight", variant="primary", elem_id="relight")
+                page.parts["stop"] = gr.Button("Stop", variant="stop")
+                if spec.add_actions is not None:
+                    spec.add_actions(page)
+            _build_light_pad(page)
+            _build_size(page)
+            _build_advanced(page)
+            _build_finishing(page)
+            page.parts["settings_file"] = gr.File(
+                label="Load settings from a result PNG", file_types=[".png"], type="filepath"
+            )
+        with gr.Column(scale=1):
+            _build_outputs(page)
+            if spec.add_quick_lists is not None:
+                spec.add_quick_lists(page)
+    gr.Examples(
+        spec.examples,
+        inputs=[page.inputs[name] for name in spec.example_fields],
+        cache_examples=False,
+        run_on_click=False,
+        api_visibility="private",
+        examples_per_page=12,
+    )
+    _wire(page, settings)
+    return page
+
+
+def _wire(page: Page, settings: AppSettings) -> None:
+    """The events both apps share."""
+    h, inputs, parts, out = page.handlers, page.inputs, page.parts, page.outputs
+    choice = inputs[CHOICE_NAMES[page.spec.mode]]
+    pad_inputs = [inputs[name] for name in PAD_FIELDS]
+    private = {"api_visibility": "private", "queue": False}
+    # Relight: queued, one job per GPU, live previews; Stop cancels it between steps.
+    relight = parts["relight"].click(
+        h.relight,
+        inputs_kwargs=inputs,
+        outputs=[out[name] for name in RELIGHT_OUTPUTS],
+        api_name="relight",
+        concurrency_id=GPU_QUEUE,
+        concurrency_limit=settings.concurrency,
+    )
+    relight.then(h.status, outputs=parts["status"], **private)
+    page.gpu_events.append(relight)
+    out["gallery"].select(h.compare, inputs=out["results"], outputs=out["comparison"], **private)
+    # Light pad: a click or a slider moves the light; a named choice puts the official light on the pad.
+    parts["pad"].select(
+        h.pad_click, inputs=[choice, *pad_inputs[2:]], outputs=[*pad_inputs[:2], parts["pad"], choice], **private
+    )
+    gr.on(
+        [c.input for c in pad_inputs],
+        h.pad_moved,
+        inputs=[choice, *pad_inputs],
+        outputs=[parts["pad"], choice],
+        **private,
+    )
+    choice.change(h.choice_changed, inputs=choice, outputs=[*pad_inputs, parts["pad"]], **private)
+    # Instant preview of the user's own image under the pad light (/preview).
+    matting = gr.State(Matting.RMBG.value)
+    inputs["matting"].change(lambda value: value, inputs=inputs["matting"], outputs=matting, **private)
+    gr.on(
+        [inputs["foreground"].change, matting.change, *(c.change for c in pad_inputs)],
+        h.preview,
+        inputs_kwargs={
+            "image": inputs["foreground"],
+            "azimuth": inputs["azimuth"],
+            "elevation": inputs["elevation"],
+            "color": inputs["light_color"],
+            "intensity": inputs["light_intensity"],
+            "ambient": inputs["ambient"],
+            "matting": matting,
+        },
+        outputs=parts["preview"],
+        api_name="preview",
+        concurrency_id="preview",
+        concurrency_limit=PREVIEW_CONCURRENCY,
+        show_progress="minimal",
+        trigger_mode="always_last",
+    )
+    # Lighting suggestions (/suggest) and their chips.
+    parts["suggest"].click(
+        h.suggest,
+        inputs_kwargs={"image": inputs["foreground"], "mood": parts["mood"]},
+        outputs=parts["suggestions"],
+        api_name="suggest",
+        concurrency_id="suggest",
+        concurrency_limit=SUGGEST_CONCURRENCY,
+    ).success(
+        h.show_suggestions, inputs=parts["suggestions"], outputs=[parts["chips"], parts["suggest_note"]], **private
+    )
+    parts["chips"].click(
+        h.apply_suggestion,
+        inputs=[parts["chips"], parts["suggestions"], inputs["prompt"], choice],
+        outputs=[inputs["prompt"], choice, *pad_inputs, parts["pad"]],
+        **private,
+    )
+    # Settings from a result PNG.
+    targets = {name: comp for name, comp in inputs.items() if name not in ("foreground", "background")}
+    targets["pad"] = parts["pad"]
+
+    def load_settings(path: str | None) -> list[Any]:
+        """Restored values in `targets` order; fields the PNG does not set stay as they are."""
+        values = h.load_settings(path)
+        return [values.get(name, gr.skip()) for name in targets]
+
+    parts["settings_file"].upload(
+        load_settings, inputs=parts["settings_file"], outputs=list(targets.values()), api_visibility="private"
+    )
+
+
+def wire_normals(page: Page, button: gr.Button, settings: AppSettings) -> None:
+    """'Compute Normal' (/normals): the same inputs as /relight, a 9-image gallery out."""
+    event = button.click(
+        page.handlers.normals,
+        inputs_kwargs=page.inputs,
+        outputs=[page.outputs[name] for name in NORMALS_OUTPUTS],
+        api_name="normals",
+        concurrency_id=GPU_QUEUE,
+        concurrency_limit=settings.concurrency,
+    )
+    event.then(page.handlers.status, outputs=page.parts["status"], api_visibility="private", queue=False)
+    page.gpu_events.append(event)
+
+
+def finish(demo: gr.Blocks, page: Page, settings: AppSettings) -> gr.Blocks:
+    """Stop button, status refresh on page load, and the queue; call inside the Blocks after all events."""
+    page.parts["stop"].click(None, cancels=page.gpu_events, api_visibility="private")
+    demo.load(page.handlers.status, outputs=page.parts["status"], api_visibility="private", queue=False)
+    return demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
+
+
+def quick_list(label: str, items: list[str] | tuple[str, ...]) -> gr.Dataset:
+    """A clickable list of prompt snippets."""
+    return gr.Dataset(components=["textbox"], samples=[[item] for item in items], label=label, samples_per_page=20)
+
+
+def set_prompt(sample: list[str] | str) -> str:
+    """A quick-list click that replaces the whole prompt."""
+    return sample[0] if isinstance(sample, list) else sample
+
+
+def set_lighting(sample: list[str] | str, prompt: str) -> str:
+    """A quick-list click that keeps the subject and replaces the lighting part of the prompt."""
+    return replace_lighting(prompt or "", set_prompt(sample))
+
+
+def set_subject(sample: list[str] | str, prompt: str) -> str:
+    """A quick-list click that replaces the subject and keeps the lighting part of the prompt."""
+    lighting = ", ".join(split_items(prompt or "")[SUBJECT_ITEMS:])
+    return ", ".join(item for item in (set_prompt(sample), lighting) if item)

@@ -1,0 +1,310 @@
+"""Event handlers shared by both apps: relight, normals, preview, suggestions, light pad and settings from a PNG."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from app_engine import (
+    PAD_FIELDS,
+    JobDone,
+    PreviewEngine,
+    choice_after_move,
+    load_input,
+    matte_image,
+    named_light,
+    pad_light,
+    pad_values,
+    params_from_values,
+    status_line,
+    stream_job,
+    user_error,
+    values_from_params,
+)
+from app_settings import gpu
+from core.errors import ICLightError
+from core.imageops import resize_and_center_crop
+from core.images import LoadedImage
+from core.lightpad import light_from_pad_click, render_light_pad
+from core.lights import Light
+from core.outputs import read_params
+from core.params import MAX_SEED, Matting, Mode, RelightParams
+from core.prompt_text import replace_lighting
+from core.sampling import StepCallback, StepInfo
+from core.service import Relighter, RelightOutcome
+from core.suggest import SOURCE_OFFLINE, SuggestConfig, suggest_lighting
+
+# Outputs of /relight and /normals, in order; the page lists its components in the same order.
+RELIGHT_OUTPUTS = ("gallery", "foreground", "matte", "comparison", "seed", "files", "info", "results")
+NORMALS_OUTPUTS = ("gallery", "info")
+NORMAL_CAPTIONS = (
+    "normal map",
+    *(f"shading ratio, {side} light" for side in ("left", "right", "bottom", "top")),
+    *(f"relit from the {side}" for side in ("left", "right", "bottom", "top")),
+)
+PAD_SIZE = 256  # light pad image side in pixels
+PAD_DECIMALS = 1  # a pad click is not more precise than a tenth of a degree
+LIVE_PREVIEW_INTERVAL_S = 0.5  # live previews go out at most this often; the progress bar moves every step
+PREPARING = "cutting out the subject and loading the models (slow only the first time)"
+
+
+@gpu
+def relight_work(
+    relighter: Relighter,
+    foreground: LoadedImage,
+    params: RelightParams,
+    background: LoadedImage | None,
+    callback: StepCallback,
+    cancel: threading.Event,
+) -> RelightOutcome:
+    """One relight on the accelerator (ZeroGPU allocates it for the duration of this call)."""
+    return relighter.relight(foreground, params, background=background, callback=callback, cancel=cancel)
+
+
+@gpu
+def normals_work(
+    relighter: Relighter,
+    foreground: LoadedImage,
+    params: RelightParams,
+    background: LoadedImage | None,
+    callback: StepCallback,
+    cancel: threading.Event,
+) -> list[np.ndarray]:
+    """The four relights and the normal map of 'Compute Normal'."""
+    images, _ = relighter.normals(foreground, params, background=background, callback=callback, cancel=cancel)
+    return images
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The end of a job stream: the parameters used, the decoded foreground and what the work returned."""
+
+    params: RelightParams
+    foreground: LoadedImage
+    result: Any
+    seconds: float
+
+
+class LiveView:
+    """Turns step reports into progress-bar updates and throttled live previews."""
+
+    def __init__(self, progress: gr.Progress) -> None:
+        self.progress = progress
+        self.last = 0.0
+
+    def step(self, info: StepInfo) -> list[tuple[np.ndarray, str]] | None:
+        """Advance the bar; a one-image gallery of the current latents when a preview is due."""
+        desc = f"{info.stage} pass, step {info.step}/{info.stage_total}"
+        self.progress((info.overall_step, info.overall_total), desc=desc, unit="steps")
+        now = time.monotonic()
+        if info.preview is None or now - self.last < LIVE_PREVIEW_INTERVAL_S:
+            return None
+        self.last = now
+        return [(info.preview, f"live preview, {desc}")]
+
+
+def pad_image(light: Light) -> np.ndarray:
+    """The light pad showing `light`."""
+    return render_light_pad(light, PAD_SIZE)
+
+
+class AppHandlers:
+    """The functions behind one app's events; fc and fbc differ only by `mode`."""
+
+    def __init__(self, relighter: Relighter, mode: Mode, suggest_config: SuggestConfig | None = None) -> None:
+        self.relighter = relighter
+        self.mode = Mode(mode)
+        self.variant = relighter.variant_for(self.mode)
+        self.suggest_config = suggest_config
+        self.previews = PreviewEngine(relighter)
+
+    def status(self) -> str:
+        """The model status line (Markdown)."""
+        return status_line(self.relighter.manager, self.variant)
+
+    def _prepare(
+        self, foreground: str | None, background: str | None, values: dict[str, Any]
+    ) -> tuple[RelightParams, LoadedImage, LoadedImage | None]:
+        """Inputs checked and decoded: parameters (seed drawn if asked), foreground, optional background."""
+        fg = load_input(foreground, "foreground")
+        bg = load_input(background, "background", required=False)
+        if values.pop("randomize_seed", False):
+            values["seed"] = random.randint(0, MAX_SEED)
+        return params_from_values(self.mode, values), fg, bg
+
+    async def relight(
+        self,
+        foreground: str | None = None,
+        background: str | None = None,
+        progress: gr.Progress = gr.Progress(),
+        **values: Any,
+    ) -> AsyncIterator[tuple]:
+        """Relight the foreground: live previews while sampling, then results, conditioning, matte, seed and files."""
+        async with aclosing(
+            self._stream(relight_work, foreground, background, values, progress, RELIGHT_OUTPUTS)
+        ) as items:
+            async for item in items:
+                yield self._results(item) if isinstance(item, Finished) else item
+
+    async def normals(
+        self,
+        foreground: str | None = None,
+        background: str | None = None,
+        progress: gr.Progress = gr.Progress(),
+        **values: Any,
+    ) -> AsyncIterator[tuple]:
+        """Compute Normal: relight from four sides and estimate normals; returns 9 images and run info."""
+        async with aclosing(
+            self._stream(normals_work, foreground, background, values, progress, NORMALS_OUTPUTS)
+        ) as items:
+            async for item in items:
+                yield self._normals(item) if isinstance(item, Finished) else item
+
+    async def _stream(
+        self,
+        work: Callable[..., Any],
+        foreground: str | None,
+        background: str | None,
+        values: dict[str, Any],
+        progress: gr.Progress,
+        outputs: tuple[str, ...],
+    ) -> AsyncIterator[tuple | Finished]:
+        """Check the inputs, run `work` in a worker thread, yield live previews as `outputs`, then Finished."""
+        started = time.perf_counter()
+        try:
+            params, fg, bg = self._prepare(foreground, background, values)
+            live = LiveView(progress)
+            progress(0.0, desc=PREPARING)
+            async with aclosing(stream_job(partial(work, self.relighter, fg, params, bg))) as events:
+                async for event in events:
+                    if isinstance(event, JobDone):
+                        yield Finished(params, fg, event.value, time.perf_counter() - started)
+                    elif (gallery := live.step(event)) is not None:
+                        yield (gallery,) + (gr.skip(),) * (len(outputs) - 1)
+        except ICLightError as exc:
+            raise user_error(exc) from None
+
+    @staticmethod
+    def _normals(finished: Finished) -> tuple:
+        """The NORMALS_OUTPUTS values: the captioned 9-image gallery and the run info."""
+        info = f"Normals · seed **{finished.params.seed}** · {finished.seconds:.1f} s"
+        return list(zip(finished.result, NORMAL_CAPTIONS, strict=True)), info
+
+    def _results(self, finished: Finished) -> tuple:
+        """The RELIGHT_OUTPUTS values for a finished relight."""
+        outcome: RelightOutcome = finished.result
+        params, images = outcome.params, outcome.images
+        sources = [str(path) for path in outcome.paths] if len(outcome.paths) == len(images) else images
+        gallery = [(source, f"#{k + 1}, seed {params.seed}") for k, source in enumerate(sources)]
+        height, width = images[0].shape[:2]
+        before = resize_and_center_crop(finished.foreground.rgb, width, height)
+        for notice in outcome.notices:
+            gr.Warning(notice)
+        info = [f"Seed **{params.seed}** · {len(images)} × {width}×{height} px · {outcome.seconds:.1f} s"]
+        if outcome.paths:
+            info.append("Saved: " + ", ".join(f"`{path.name}`" for path in outcome.paths))
+        info += [f"- {notice}" for notice in outcome.notices]
+        files = [str(path) for path in outcome.paths] or None
+        state = {"before": before, "after": images}
+        matte = matte_image(outcome.matte)
+        return gallery, outcome.foreground, matte, (before, images[0]), params.seed, files, "\n\n".join(info), state
+
+    def preview(
+        self,
+        image: str | None,
+        azimuth: float,
+        elevation: float,
+        color: str,
+        intensity: float,
+        ambient: float,
+        matting: str = Matting.RMBG.value,
+    ) -> np.ndarray | None:
+        """Instant classical relight of the image under the light (no diffusion, no weights); null without image."""
+        if image is None:
+            return None
+        try:
+            light = Light(azimuth, elevation, color, intensity, ambient)
+            relit, notice = self.previews.render(image, light, Matting(matting))
+        except ICLightError as exc:
+            raise user_error(exc) from None
+        if notice:
+            gr.Info(notice)
+        return relit
+
+    def suggest(self, image: str | None, mood: str | None) -> dict[str, Any]:
+        """Three lighting suggestions for the image: {source, notice, suggestions: [{prompt, light}]}."""
+        try:
+            loaded = load_input(image, "foreground")
+            matte = loaded.alpha if loaded.has_meaningful_alpha else None
+            result = suggest_lighting(loaded.rgb, mood=mood or None, matte=matte, config=self.suggest_config)
+        except ICLightError as exc:
+            raise user_error(exc) from None
+        return result.to_dict()
+
+    # -- light pad and suggestion chips (UI only, hidden from the API) -------------------------------------------
+
+    def pad_click(self, choice: str, color: str, intensity: float, ambient: float, evt: gr.SelectData) -> tuple:
+        """A click on the pad: the light hits the sphere head-on where the user clicked."""
+        azimuth, elevation = (round(angle, PAD_DECIMALS) for angle in light_from_pad_click(*evt.index, PAD_SIZE))
+        light = Light(azimuth, elevation, color, intensity, ambient)
+        return azimuth, elevation, pad_image(light), choice_after_move(self.mode, choice, light)
+
+    def pad_moved(self, choice: str, *pad: Any) -> tuple:
+        """A pad slider or the colour changed: redraw the sphere; the run now uses this light."""
+        light = pad_light(dict(zip(PAD_FIELDS, pad, strict=True)))
+        return pad_image(light), choice_after_move(self.mode, choice, light)
+
+    def choice_changed(self, choice: str) -> tuple:
+        """Left/Right/Top/Bottom put exactly the official light on the pad; other choices leave it."""
+        light = named_light(choice)
+        if light is None:
+            return (gr.skip(),) * (len(PAD_FIELDS) + 1)
+        return (*pad_values(light), pad_image(light))
+
+    def show_suggestions(self, result: dict[str, Any] | None) -> tuple:
+        """The suggestion chips and the line saying where they came from."""
+        if not result:
+            return gr.Dataset(samples=[], visible=False), ""
+        samples = [[item["prompt"]] for item in result["suggestions"]]
+        offline = result["source"] == SOURCE_OFFLINE
+        note = result.get("notice") or ("Offline suggestions." if offline else "Suggestions from the vision model.")
+        return gr.Dataset(samples=samples, visible=True), f"*{note}*"
+
+    def apply_suggestion(self, index: int, result: dict[str, Any] | None, prompt: str, choice: str) -> tuple:
+        """A chip click: its lighting phrase replaces the prompt's lighting part and its light goes on the pad."""
+        if not result or index is None or not 0 <= index < len(result["suggestions"]):
+            return (gr.skip(),) * (len(PAD_FIELDS) + 3)
+        item = result["suggestions"][index]
+        light = Light.from_dict(item["light"])
+        new_prompt = replace_lighting(prompt or "", item["prompt"])
+        return new_prompt, choice_after_move(self.mode, choice, light), *pad_values(light), pad_image(light)
+
+    def load_settings(self, path: str | None) -> dict[str, Any]:
+        """Form values restored from a result PNG's metadata (empty when the file input was cleared)."""
+        if not path:
+            return {}
+        try:
+            values, notes = values_from_params(self.mode, read_params(path))
+        except ICLightError as exc:
+            raise user_error(exc) from None
+        for note in notes:
+            gr.Warning(note)
+        values["pad"] = pad_image(pad_light(values)) if values.get("azimuth") is not None else gr.skip()
+        gr.Info(f"Settings loaded (seed {values['seed']}).")
+        return values
+
+    @staticmethod
+    def compare(results: dict[str, Any] | None, evt: gr.SelectData) -> Any:
+        """Before/after of the gallery image the user selected."""
+        if not results or not 0 <= evt.index < len(results["after"]):
+            return gr.skip()
+        return results["before"], results["after"][evt.index]

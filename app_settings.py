@@ -1,0 +1,143 @@
+"""App settings (read from the environment once), command-line flags, the optional ZeroGPU decorator and launch."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from core.loading import DEFAULT_BASE_MODEL
+from core.manager import ModelSettings
+from core.suggest import SuggestConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parent
+EXAMPLES_DIR = PROJECT_ROOT / "db_examples"
+QUEUE_SIZE_ENV, CONCURRENCY_ENV, OUTPUTS_DIR_ENV = "ICLIGHT_QUEUE_SIZE", "ICLIGHT_CONCURRENCY", "ICLIGHT_OUTPUTS_DIR"
+PORT_ENV = "GRADIO_SERVER_PORT"
+DEFAULT_QUEUE_SIZE = 20  # jobs waiting beyond this are refused with "queue full" instead of piling up
+DEFAULT_CONCURRENCY = 1  # sampling jobs running at once per GPU
+DEFAULT_OUTPUTS_DIR = PROJECT_ROOT / "outputs"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """Everything the apps read from the environment or the command line, read once."""
+
+    model: ModelSettings = field(default_factory=ModelSettings.from_env)  # base model, weights, device, dtype
+    outputs_dir: Path | None = DEFAULT_OUTPUTS_DIR  # result PNGs are saved here; None = do not save
+    queue_size: int = DEFAULT_QUEUE_SIZE  # max jobs waiting in the queue
+    concurrency: int = DEFAULT_CONCURRENCY  # sampling jobs running at once (one per GPU)
+    server_name: str | None = None  # None = Gradio's default (GRADIO_SERVER_NAME or 127.0.0.1)
+    port: int | None = None  # None = Gradio's default search from 7860
+    share: bool = False  # public gradio.live link
+    suggest: SuggestConfig = field(default_factory=SuggestConfig.from_env)  # lighting-suggestion server, if any
+
+    def __post_init__(self) -> None:
+        for name in ("queue_size", "concurrency"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} should be an integer >= 1 but is {value!r}")
+
+    @classmethod
+    def from_env(cls, model: ModelSettings | None = None, **overrides: Any) -> AppSettings:
+        """Settings from ICLIGHT_* / GRADIO_SERVER_PORT; `overrides` that are not None win."""
+        outputs = os.environ.get(OUTPUTS_DIR_ENV, "").strip()
+        port = os.environ.get(PORT_ENV, "").strip()
+        values: dict[str, Any] = {
+            "model": model or ModelSettings.from_env(),
+            "outputs_dir": Path(outputs).expanduser() if outputs else DEFAULT_OUTPUTS_DIR,
+            "queue_size": _env_int(QUEUE_SIZE_ENV, DEFAULT_QUEUE_SIZE),
+            "concurrency": _env_int(CONCURRENCY_ENV, DEFAULT_CONCURRENCY),
+            "port": _parse_int(PORT_ENV, port) if port else None,
+        }
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        return cls(**values)
+
+
+def _parse_int(name: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{name} should be an integer but is {text!r}") from None
+
+
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip()
+    return _parse_int(name, text) if text else default
+
+
+def build_parser(description: str) -> argparse.ArgumentParser:
+    """Flags shared by both apps: server and model settings."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
+    parser.add_argument("--server-name", help="address to listen on, e.g. 0.0.0.0 (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help=f"port (default ${PORT_ENV} or the first free one from 7860)")
+    parser.add_argument("--base-model", help=f"SD 1.5 Hub id, folder or .safetensors (default {DEFAULT_BASE_MODEL})")
+    parser.add_argument("--models-dir", type=Path, help="folder with the IC-Light weights (default ./models)")
+    parser.add_argument("--device", help="auto, cuda, cuda:N, mps, cpu (default auto)")
+    parser.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), help="precision (default auto)")
+    parser.add_argument("--low-vram", action="store_true", default=None, help="GPU offload + tiled VAE")
+    parser.add_argument(
+        "--offline", action="store_true", help="never download IC-Light weights; explain how to get them"
+    )
+    parser.add_argument(
+        "--outputs-dir", type=Path, help=f"where result PNGs go (default ${OUTPUTS_DIR_ENV} or ./outputs)"
+    )
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> AppSettings:
+    """AppSettings from parsed flags on top of the environment."""
+    model = ModelSettings.from_env(
+        base_model=args.base_model,
+        models_dir=args.models_dir,
+        device=args.device,
+        dtype=args.dtype,
+        low_vram=args.low_vram,
+        download=False if args.offline else None,
+    )
+    return AppSettings.from_env(
+        model=model,
+        outputs_dir=args.outputs_dir,
+        server_name=args.server_name,
+        port=args.port,
+        share=True if args.share else None,
+    )
+
+
+def gpu(fn: F) -> F:
+    """`spaces.GPU` on Hugging Face ZeroGPU Spaces; unchanged everywhere else."""
+    try:
+        import spaces
+    except ImportError:
+        return fn
+    return spaces.GPU(fn)
+
+
+def allowed_paths(settings: AppSettings) -> list[str]:
+    """Folders Gradio may serve files from besides the working and temp folders."""
+    paths = [EXAMPLES_DIR]
+    if settings.outputs_dir is not None:
+        paths.append(Path(settings.outputs_dir))
+    return [str(path.resolve()) for path in paths]
+
+
+def main(create_demo: Callable[..., Any], description: str, argv: Sequence[str] | None = None) -> None:
+    """Parse flags, build the app and serve it until interrupted."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request is noise for app users
+    settings = settings_from_args(build_parser(description).parse_args(argv))
+    demo = create_demo(settings=settings)
+    demo.launch(
+        server_name=settings.server_name,
+        server_port=settings.port,
+        share=settings.share,
+        allowed_paths=allowed_paths(settings),
+    )
