@@ -9,8 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from core.loading import DEFAULT_BASE_MODEL
-from core.manager import ModelSettings
+from core.manager import ModelSettings, add_model_flags, settings_from_flags
 from core.suggest import SuggestConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent
@@ -77,14 +76,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
     parser.add_argument("--server-name", help="address to listen on, e.g. 0.0.0.0 (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help=f"port (default ${PORT_ENV} or the first free one from 7860)")
-    parser.add_argument("--base-model", help=f"SD 1.5 Hub id, folder or .safetensors (default {DEFAULT_BASE_MODEL})")
-    parser.add_argument("--models-dir", type=Path, help="folder with the IC-Light weights (default ./models)")
-    parser.add_argument("--device", help="auto, cuda, cuda:N, mps, cpu (default auto)")
-    parser.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), help="precision (default auto)")
-    parser.add_argument("--low-vram", action="store_true", default=None, help="GPU offload + tiled VAE")
-    parser.add_argument(
-        "--offline", action="store_true", help="never download IC-Light weights; explain how to get them"
-    )
+    add_model_flags(parser)
     parser.add_argument(
         "--outputs-dir", type=Path, help=f"where result PNGs go (default ${OUTPUTS_DIR_ENV} or ./outputs)"
     )
@@ -93,14 +85,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
 
 def settings_from_args(args: argparse.Namespace) -> AppSettings:
     """AppSettings from parsed flags on top of the environment."""
-    model = ModelSettings.from_env(
-        base_model=args.base_model,
-        models_dir=args.models_dir,
-        device=args.device,
-        dtype=args.dtype,
-        low_vram=args.low_vram,
-        download=False if args.offline else None,
-    )
+    model = settings_from_flags(args)
     return AppSettings.from_env(
         model=model,
         outputs_dir=args.outputs_dir,

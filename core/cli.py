@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,7 +11,8 @@ from typing import Any
 
 from core.errors import ICLightError, InvalidParameterError
 from core.lights import NAMED_AZIMUTHS, Light
-from core.loading import DEFAULT_BASE_MODEL, Variant
+from core.loading import Variant
+from core.manager import add_model_flags, settings_from_flags
 from core.params import MODE_DEFAULTS, BGSource, Matting, Mode, RelightParams, Sampler, Upscale
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -90,12 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--preserve-color", type=float, help="0..1: pull colours toward the original (default 0)")
     r.add_argument("--upscale", choices=[u.value for u in Upscale], help="Real-ESRGAN upscaling (default off)")
     r.add_argument("--from-png", type=Path, help="re-run with the parameters stored in a result PNG")
-    r.add_argument("--base-model", help=f"SD 1.5 Hub id, folder or .safetensors (default {DEFAULT_BASE_MODEL})")
-    r.add_argument("--models-dir", type=Path, help="folder with IC-Light weights (default ./models)")
-    r.add_argument("--device", help="auto, cuda, cuda:N, mps, cpu")
-    r.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), help="precision (default auto)")
-    r.add_argument("--low-vram", action="store_true", default=None, help="GPU offload + tiled VAE for 4-8 GB GPUs")
-    r.add_argument("--offline", action="store_true", help="never download; fail with instructions instead")
+    add_model_flags(r)
     r.add_argument("--quiet", action="store_true", help="no progress bar")
 
     s = sub.add_parser("suggest", help="print three lighting suggestions for an image as JSON")
@@ -179,7 +174,7 @@ def _progress_bar(quiet: bool):
 
 def run_relight(args: argparse.Namespace) -> int:
     """The `relight` command."""
-    from core.manager import ModelManager, ModelSettings
+    from core.manager import ModelManager
     from core.service import Relighter
 
     if args.fg is None and args.from_png is None:
@@ -190,19 +185,10 @@ def run_relight(args: argparse.Namespace) -> int:
         path = getattr(args, flag)
         if path is not None and not path.is_file():
             raise InvalidParameterError(f"--{flag.replace('_', '-')} {path} does not exist or is not a file")
-    if args.offline:
-        os.environ["ICLIGHT_OFFLINE"] = "1"  # one switch for every loader (IC-Light, base model, matting, upscaler)
+    settings = settings_from_flags(args)
     params = params_from_args(args)
     if args.fg is None:
         raise InvalidParameterError("--fg FOREGROUND.png is required (the PNG gives parameters, not the input image)")
-    settings = ModelSettings.from_env(
-        base_model=args.base_model,
-        models_dir=args.models_dir,
-        device=args.device,
-        dtype=args.dtype,
-        low_vram=args.low_vram,
-        download=False if args.offline else None,
-    )
     fc_variant = Variant(args.variant) if args.variant in (Variant.FC.value, Variant.FCON.value) else Variant.FC
     if args.variant == Variant.FBC.value and params.mode is not Mode.FBC:
         raise InvalidParameterError("--variant fbc needs --mode fbc")

@@ -31,6 +31,7 @@ LATENT_CHANNELS = 4
 SD15_TEXT_HIDDEN = 768  # CLIP ViT-L/14 width; SD 2.x uses 1024, SDXL 2048
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+OFFLINE_ENV = "ICLIGHT_OFFLINE"
 
 
 class Variant(str, Enum):
@@ -58,9 +59,7 @@ def default_models_dir() -> Path:
 
 def offline_mode() -> bool:
     """True when no download should be attempted (ICLIGHT_OFFLINE or HF_HUB_OFFLINE set)."""
-    return any(
-        os.environ.get(k, "").strip().lower() in ("1", "true", "yes") for k in ("ICLIGHT_OFFLINE", "HF_HUB_OFFLINE")
-    )
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes") for k in (OFFLINE_ENV, "HF_HUB_OFFLINE"))
 
 
 def ensure_iclight_weights(variant: Variant, models_dir: Path, download: bool = True) -> Path:

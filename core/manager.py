@@ -16,12 +16,14 @@ import torch
 from core.devices import Placement, env_flag, release_cpu_memory, resolve_placement
 from core.loading import (
     DEFAULT_BASE_MODEL,
+    OFFLINE_ENV,
     BaseComponents,
     Variant,
     check_offset_variant,
     default_models_dir,
     ensure_iclight_weights,
     load_base_components,
+    offline_mode,
 )
 from core.sampling import ConcatConditionedUNet
 from core.weights import build_iclight_unet, read_offset
@@ -53,6 +55,32 @@ class ModelSettings:
         env.update({k: v for k, v in overrides.items() if v is not None})
         env["models_dir"] = Path(env["models_dir"]).expanduser()
         return cls(**env)
+
+
+def add_model_flags(parser) -> None:
+    """The model flags shared by the CLI and both apps."""
+    from core.devices import DTYPE_CHOICES
+
+    parser.add_argument("--base-model", help=f"SD 1.5 Hub id, folder or .safetensors (default {DEFAULT_BASE_MODEL})")
+    parser.add_argument("--models-dir", type=Path, help="folder with the IC-Light weights (default ./models)")
+    parser.add_argument("--device", help="auto, cuda, cuda:N, mps, cpu (default auto)")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, help="precision (default auto)")
+    parser.add_argument("--low-vram", action="store_true", default=None, help="GPU offload + tiled VAE (4-8 GB GPUs)")
+    parser.add_argument("--offline", action="store_true", help="never download anything; explain what is missing")
+
+
+def settings_from_flags(args) -> ModelSettings:
+    """ModelSettings from `add_model_flags` flags on top of the environment."""
+    if args.offline:
+        os.environ[OFFLINE_ENV] = "1"  # one switch for every loader: IC-Light, base model, matting, upscaler
+    return ModelSettings.from_env(
+        base_model=args.base_model,
+        models_dir=args.models_dir,
+        device=args.device,
+        dtype=args.dtype,
+        low_vram=args.low_vram,
+        download=False if args.offline else None,
+    )
 
 
 @dataclass
@@ -168,7 +196,7 @@ class ModelManager:
         state = "loaded" if self.is_loaded(variant) else "not loaded yet"
         if not self.weights_available(variant):
             state = f"weights missing: put {variant.filename} in {Path(self.settings.models_dir).resolve()}"
-            if self.settings.download:
+            if self.settings.download and not offline_mode():
                 state += " (or let the first run download it)"
         return (
             f"base model {self.settings.base_model} · IC-Light {variant.value} ({state}) · {self.placement.describe()}"

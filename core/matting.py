@@ -282,7 +282,7 @@ class Matter:
                 name, env = LOCAL_NAMES[backend], ENV_VARS[backend]
                 reason = (
                     f"{name} could not be used, so the background was removed with GrabCut (rougher edges). "
-                    f"Reason: {str(exc).rstrip('.')}. "
+                    f"Reason: {_first_line(exc)}. "
                     f"To fix it, put the model folder at {self.models_dir / name} or set {env}."
                 )
                 logger.warning("%s", reason)
@@ -295,6 +295,12 @@ class Matter:
         if float((matte > 0.5).mean()) < MIN_FOREGROUND:
             return np.ones_like(matte), "GrabCut found no subject, so the whole image was kept."
         return matte, None
+
+
+def _first_line(exc: Exception, limit: int = 200) -> str:
+    """The gist of an error for a user-facing notice (library messages can run to many lines)."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def load_matting_model(source: str, label: str = "matting model") -> torch.nn.Module:
