@@ -219,7 +219,7 @@ def _build_outputs(page: Page) -> None:
         label="Results", height=IMAGE_HEIGHT * 3 // 2, columns=2, object_fit="contain", format="png", elem_id="results"
     )
     out["info"] = gr.Markdown(label="Run info")
-    out["seed"] = gr.Number(label="Seed used", precision=0, interactive=False)
+    out["seed"] = gr.Number(label="Seed used", value=None, precision=0, interactive=False)
     out["comparison"] = gr.ImageSlider(label="Before and after", type="numpy")
     with gr.Row():
         out["foreground"] = gr.Image(label="Preprocessed foreground", interactive=False, height=IMAGE_HEIGHT)
