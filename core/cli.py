@@ -157,19 +157,20 @@ def params_from_args(args: argparse.Namespace) -> RelightParams:
 
 
 def _progress_bar(quiet: bool):
+    """(step callback, close) for a tqdm bar on stderr, created at the first step so errors print alone."""
     if quiet:
         return None, lambda: None
     from tqdm import tqdm
 
-    bar = tqdm(total=0, file=sys.stderr, unit="step", desc="relight")
+    bars = []
 
     def callback(info) -> None:
-        if bar.total != info.overall_total:
-            bar.total = info.overall_total
-        bar.set_postfix_str(f"{info.stage} {info.step}/{info.stage_total}")
-        bar.update(1)
+        if not bars:
+            bars.append(tqdm(total=info.overall_total, file=sys.stderr, unit="step", desc="relight"))
+        bars[0].set_postfix_str(f"{info.stage} {info.step}/{info.stage_total}")
+        bars[0].update(1)
 
-    return callback, bar.close
+    return callback, lambda: bars and bars[0].close()
 
 
 def run_relight(args: argparse.Namespace) -> int:
