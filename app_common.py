@@ -69,6 +69,7 @@ class AppSpec:
     add_inputs: Callable[[Page], None] | None = None  # extra conditioning inputs beside the foreground
     add_actions: Callable[[Page], None] | None = None  # extra buttons beside Relight
     add_quick_lists: Callable[[Page], None] | None = None  # quick lists under the results
+    add_events: Callable[[Page, AppSettings], None] | None = None  # extra endpoints (fbc: /normals)
 
 
 @dataclass
@@ -365,6 +366,18 @@ def wire_normals(page: Page, button: gr.Button, settings: AppSettings) -> None:
     )
     event.then(page.handlers.status, outputs=page.parts["status"], api_visibility="private", queue=False)
     page.gpu_events.append(event)
+
+
+def build_demo(spec: AppSpec, relighter: Relighter | None, settings: AppSettings | None) -> gr.Blocks:
+    """A whole app page for `spec`; nothing is loaded until the first request."""
+    settings = settings or AppSettings.from_env()
+    handlers = AppHandlers(relighter or make_relighter(settings), spec.mode, settings.suggest)
+    with gr.Blocks(title=spec.title) as demo:
+        page = build_page(spec, handlers, settings)
+        if spec.add_events is not None:
+            spec.add_events(page, settings)
+        finish(demo, page, settings)
+    return demo
 
 
 def finish(demo: gr.Blocks, page: Page, settings: AppSettings) -> gr.Blocks:

@@ -9,16 +9,13 @@ import gradio as gr
 from app_common import (
     AppSpec,
     Page,
-    build_page,
-    finish,
+    build_demo,
     image_input,
-    make_relighter,
     quick_list,
     set_prompt,
     wire_normals,
 )
 from app_engine import FBC_CHOICES
-from app_handlers import AppHandlers
 from app_settings import AppSettings, main
 from core.params import BGSource, Mode
 from core.service import Relighter
@@ -87,18 +84,13 @@ SPEC = AppSpec(
     add_inputs=_background_input,
     add_actions=_normals_button,
     add_quick_lists=_quick_lists,
+    add_events=lambda page, settings: wire_normals(page, page.parts["normals"], settings),
 )
 
 
 def create_demo(relighter: Relighter | None = None, settings: AppSettings | None = None) -> gr.Blocks:
     """The fbc app; nothing is loaded until the first request."""
-    settings = settings or AppSettings.from_env()
-    handlers = AppHandlers(relighter or make_relighter(settings), Mode.FBC, settings.suggest)
-    with gr.Blocks(title=TITLE) as demo:
-        page = build_page(SPEC, handlers, settings)
-        wire_normals(page, page.parts["normals"], settings)
-        finish(demo, page, settings)
-    return demo
+    return build_demo(SPEC, relighter, settings)
 
 
 def run(argv: Sequence[str] | None = None) -> None:

@@ -6,9 +6,8 @@ from collections.abc import Sequence
 
 import gradio as gr
 
-from app_common import AppSpec, Page, build_page, finish, make_relighter, quick_list, set_lighting, set_subject
+from app_common import AppSpec, Page, build_demo, quick_list, set_lighting, set_subject
 from app_engine import FC_CHOICES
-from app_handlers import AppHandlers
 from app_settings import AppSettings, main
 from core.params import LightDirection, Mode
 from core.service import Relighter
@@ -63,12 +62,7 @@ SPEC = AppSpec(
 
 def create_demo(relighter: Relighter | None = None, settings: AppSettings | None = None) -> gr.Blocks:
     """The fc app; nothing is loaded until the first request."""
-    settings = settings or AppSettings.from_env()
-    handlers = AppHandlers(relighter or make_relighter(settings), Mode.FC, settings.suggest)
-    with gr.Blocks(title=TITLE) as demo:
-        page = build_page(SPEC, handlers, settings)
-        finish(demo, page, settings)
-    return demo
+    return build_demo(SPEC, relighter, settings)
 
 
 def run(argv: Sequence[str] | None = None) -> None:
