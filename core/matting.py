@@ -300,7 +300,7 @@ class Matter:
 def _first_line(exc: Exception, limit: int = 200) -> str:
     """The gist of an error for a user-facing notice (library messages can run to many lines)."""
     text = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " (…)"
 
 
 def load_matting_model(source: str, label: str = "matting model") -> torch.nn.Module:

@@ -18,13 +18,11 @@ from core.images import LoadedImage, load_image
 from core.lights import Light
 from core.loading import Variant
 from core.manager import ModelManager
-from core.matting import Matter, MattingResult
+from core.matting import NORMAL_SIGMA, Matter, MattingResult
 from core.params import Matting, Mode, RelightParams, Upscale
 from core.sampling import StepCallback
 
 logger = logging.getLogger(__name__)
-
-NORMAL_SIGMA = 16.0  # the official demo brightens the subject by 16 before estimating normals
 
 
 @dataclass
