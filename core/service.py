@@ -61,13 +61,20 @@ class Relighter:
     ) -> None:
         self.manager = manager
         self.outputs_dir = Path(outputs_dir) if outputs_dir else None
-        self.matter = matter or Matter(manager.settings.models_dir, device=self._aux_device())
+        self._matter = matter
         self._upscaler = upscaler
         self.fc_variant = Variant(fc_variant)
         self._lock = threading.Lock()  # one sampling job at a time per process and model set
 
     def _aux_device(self) -> str:
-        return "cpu" if self.manager.settings.device in ("auto", "cpu") else self.manager.settings.device
+        """Matting and upscaling run where the UNet runs (decided on first use, never at construction)."""
+        return self.manager.placement.device
+
+    @property
+    def matter(self) -> Matter:
+        if self._matter is None:
+            self._matter = Matter(self.manager.settings.models_dir, device=self._aux_device())
+        return self._matter
 
     @property
     def upscaler(self):
