@@ -285,7 +285,7 @@ class Matter:
                     f"Reason: {_first_line(exc)}. "
                     f"To fix it, put the model folder at {self.models_dir / name} or set {env}."
                 )
-                logger.warning("%s", reason)
+                logger.info("%s", reason)  # the caller shows the notice; logging it too would say it twice
                 self._failures[backend] = reason
         return None, reason
 
