@@ -17,7 +17,7 @@ from PIL import Image
 
 from core.errors import CorruptWeightsError, IncompatibleModelError, InvalidParameterError, WeightsNotFoundError
 from core.images import LoadedImage, load_image
-from core.params import Matting
+from core.params import Matting, coerce_enum
 
 if TYPE_CHECKING:
     import torch
@@ -176,7 +176,8 @@ class Matter:
     ) -> None:
         self.models_dir = Path(models_dir)
         self.device = device
-        self._injected: dict[Matting, Any] = {_coerce_method(key): model for key, model in (models or {}).items()}
+        models = models or {}
+        self._injected: dict[Matting, Any] = {coerce_enum(Matting, k, "matting"): m for k, m in models.items()}
         for backend in self._injected:
             if backend not in MODEL_BACKENDS:
                 raise InvalidParameterError(
@@ -205,7 +206,7 @@ class Matter:
     ) -> MattingResult:
         """Cut out the subject and composite it on grey (or keep the original background); never fails on weights."""
         # 1. Check inputs.
-        method = _coerce_method(method)
+        method = coerce_enum(Matting, method, "matting")
         if not isinstance(image, LoadedImage):
             image = load_image(image)
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma):
@@ -240,7 +241,7 @@ class Matter:
 
     def load(self, backend: Matting | str) -> torch.nn.Module:
         """The model for `backend` on this Matter's device, loading it on first use; raises if it cannot be had."""
-        backend = _coerce_method(backend)
+        backend = coerce_enum(Matting, backend, "matting")
         if backend not in MODEL_BACKENDS:
             raise InvalidParameterError(f"only rmbg and birefnet use a model, not {backend.value!r}")
         key = (backend, self.device)
@@ -406,14 +407,6 @@ def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dty
     if parameter is None:
         return torch.device("cpu"), torch.float32
     return parameter.device, parameter.dtype
-
-
-def _coerce_method(method: Matting | str) -> Matting:
-    try:
-        return Matting(method)
-    except ValueError:
-        choices = ", ".join(m.value for m in Matting)
-        raise InvalidParameterError(f"matting should be one of {choices} but is {method!r}") from None
 
 
 def _check_rgb(img: np.ndarray) -> None:

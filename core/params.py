@@ -141,13 +141,13 @@ class RelightParams:
         ):
             value = getattr(self, name)
             if not isinstance(value, enum):
-                object.__setattr__(self, name, _coerce_enum(enum, value, name))
+                object.__setattr__(self, name, coerce_enum(enum, value, name))
         self.validate()
 
     @classmethod
     def for_mode(cls, mode: Mode | str, **overrides: Any) -> RelightParams:
         """Parameters with the official defaults of `mode`, then `overrides`."""
-        mode = _coerce_enum(Mode, mode, "mode")
+        mode = coerce_enum(Mode, mode, "mode")
         return cls(mode=mode, **{**MODE_DEFAULTS[mode], **overrides})
 
     @property
@@ -225,7 +225,8 @@ def _round64(x: float) -> int:
     return int(round(x / 64.0) * 64)
 
 
-def _coerce_enum(enum: type[Enum], value: Any, name: str) -> Any:
+def coerce_enum(enum: type[Enum], value: Any, name: str) -> Any:
+    """`enum(value)`, or InvalidParameterError naming `name`, the bad value and the choices."""
     try:
         return enum(value)
     except ValueError:

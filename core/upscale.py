@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from core.errors import CorruptWeightsError, IncompatibleModelError, InvalidParameterError, WeightsNotFoundError
-from core.params import Upscale
+from core.params import Upscale, coerce_enum
 
 if TYPE_CHECKING:
     import torch
@@ -110,7 +110,7 @@ class Upscaler:
     def upscale(self, image: np.ndarray, mode: Upscale | str) -> UpscaleResult:
         """Upscale `image` per `mode`; without usable weights, Lanczos plus a notice saying why."""
         # 1. Check inputs
-        mode = _coerce_mode(mode)
+        mode = coerce_enum(Upscale, mode, "upscale mode")
         image = _check_image(image)
         height, width = image.shape[:2]
         # 2. Work out the exact output size
@@ -309,14 +309,6 @@ def _free_accelerator_memory() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _coerce_mode(mode: Upscale | str) -> Upscale:
-    try:
-        return Upscale(mode)
-    except ValueError:
-        choices = ", ".join(m.value for m in Upscale)
-        raise InvalidParameterError(f"upscale mode should be one of {choices} but is {mode!r}") from None
 
 
 def _check_tiling(tile: int, overlap: int) -> None:
