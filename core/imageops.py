@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from core.errors import InvalidParameterError
+
 NEUTRAL_GREY = 127  # maps exactly to 0.0 in model space
 AMBIENT_GREY = 64  # the official fbc "Ambient" background
 
@@ -31,13 +33,39 @@ def pytorch2numpy(images: torch.Tensor, quant: bool = True) -> list[np.ndarray]:
 
 
 def resize_and_center_crop(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Resize to cover (width, height) with Lanczos, then centre-crop."""
-    pil = Image.fromarray(image)
-    scale = max(width / pil.width, height / pil.height)
-    resized_w, resized_h = int(round(pil.width * scale)), int(round(pil.height * scale))
-    pil = pil.resize((resized_w, resized_h), Image.LANCZOS)
-    box = ((resized_w - width) / 2, (resized_h - height) / 2, (resized_w + width) / 2, (resized_h + height) / 2)
-    return np.array(pil.crop(box))
+    """Lanczos-resize to cover (width, height), then centre-crop: uint8 exactly as the official demos; floats too."""
+    if not (isinstance(width, int) and isinstance(height, int)) or width < 1 or height < 1:
+        raise InvalidParameterError(f"resize size should be positive integers but is {width!r}x{height!r}")
+    array = np.asarray(image)
+    if array.ndim not in (2, 3) or array.shape[0] < 1 or array.shape[1] < 1:
+        raise InvalidParameterError(f"image to resize should be HxW or HxWxC but has shape {array.shape}")
+    in_h, in_w = array.shape[:2]
+    if (in_w, in_h) == (width, height):
+        return array.copy()
+    # Same arithmetic as the official demos (PIL LANCZOS, rounded size, crop start rounded like PIL rounds
+    # their float box) so the original lines up pixel for pixel with the image the pipeline fed the model.
+    # Unlike theirs, the end is start + size: their box loses a row when the margin is odd and the size is odd.
+    scale = max(width / in_w, height / in_h)
+    resized_w, resized_h = int(round(in_w * scale)), int(round(in_h * scale))
+    left, top = round((resized_w - width) / 2), round((resized_h - height) / 2)
+    box = (left, top, left + width, top + height)
+
+    def _resize(plane: np.ndarray) -> np.ndarray:
+        pil = Image.fromarray(plane)
+        return np.asarray(pil.resize((resized_w, resized_h), Image.LANCZOS).crop(box))
+
+    if array.dtype == np.uint8 and (array.ndim == 2 or array.shape[2] in (3, 4)):
+        return _resize(array).copy()
+    # Float images (mattes) go through PIL's 32-bit float mode one channel at a time.
+    planes = array[..., None] if array.ndim == 2 else array
+    out = np.stack(
+        [_resize(np.ascontiguousarray(planes[..., c], dtype=np.float32)) for c in range(planes.shape[2])], -1
+    )
+    out = out[..., 0] if array.ndim == 2 else out
+    if np.issubdtype(array.dtype, np.integer):
+        info = np.iinfo(array.dtype)
+        return np.clip(np.round(out), info.min, info.max).astype(array.dtype)
+    return out.astype(array.dtype)
 
 
 def resize_without_crop(image: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -6,9 +6,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 from core.errors import InvalidParameterError
+from core.imageops import resize_and_center_crop
 from core.params import BGSource
 
 # The official demo relights with these four background sources, in this order; its gallery keeps the order.
@@ -145,20 +145,6 @@ def _fit_matte(matte: np.ndarray, width: int, height: int) -> np.ndarray:
     if not (math.isfinite(low) and math.isfinite(high)) or low < -RANGE_TOLERANCE or high > 1.0 + RANGE_TOLERANCE:
         raise InvalidParameterError(f"matte should be a float alpha in [0, 1] but spans [{low:g}, {high:g}]")
     if matte.shape != (height, width):
-        matte = _cover_resize(matte.astype(np.float32), width, height)
+        matte = resize_and_center_crop(matte.astype(np.float32), width, height)
     # Lanczos rings a little past the ends; an alpha outside [0, 1] would extrapolate the blend.
     return np.clip(matte, 0.0, 1.0)[..., None]
-
-
-def _cover_resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Scale a float32 HxW image to cover width x height, then centre-crop (the official resize_and_center_crop)."""
-    src_height, src_width = image.shape
-    scale = max(width / src_width, height / src_height)
-    new_width, new_height = int(round(src_width * scale)), int(round(src_height * scale))
-    # A float32 array opens in mode "F", keeping the alpha in float instead of the official uint8 round trip.
-    resized = Image.fromarray(image).resize((new_width, new_height), Image.Resampling.LANCZOS)
-    # Integer offsets: PIL rounds half-pixel boxes half-to-even, which can make the crop one pixel short.
-    left, top = (new_width - width) // 2, (new_height - height) // 2
-    cropped = np.asarray(resized.crop((left, top, left + width, top + height)), dtype=np.float32)
-    assert cropped.shape == (height, width), cropped.shape
-    return cropped

@@ -19,7 +19,7 @@ from core.imageops import (
     resize_and_center_crop,
     resize_without_crop,
 )
-from core.lights import Light, fbc_background, fc_initial_image
+from core.lights import Light, fbc_background, fc_initial_image, light_map_image
 from core.loading import Variant
 from core.manager import ICLightModels
 from core.params import BGSource, Mode, RelightParams
@@ -82,7 +82,7 @@ def condition_image(
     w, h = params.width, params.height
     if params.mode is Mode.FC:
         if light_map is not None:
-            return resize_and_center_crop(light_map, w, h)
+            return light_map_image(light_map, w, h)
         return None if params.light is None else fc_initial_image(params.light, w, h)
     source = params.bg_source
     if source is BGSource.UPLOAD:

@@ -5,50 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from core.errors import InvalidParameterError
+from core.imageops import resize_and_center_crop
 
 REFERENCE_SIDE = 512  # `radius` is given in pixels at this short side and scaled with the image
 MIN_RADIUS, MAX_RADIUS = 0.5, 64.0  # same range RelightParams.detail_radius accepts
 MIN_BLUR_SIGMA = 0.3  # below this a Gaussian kernel is a no-op; keep the split meaningful on tiny images
 MATTE_EPS = 1e-4  # weight sum below which a pixel is treated as outside the foreground
 UINT8_MAX = 255.0
-
-
-def cover_crop(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Resize `image` to cover width x height, then centre-crop: the official IC-Light `resize_and_center_crop`."""
-    from PIL import Image
-
-    if not (isinstance(width, int) and isinstance(height, int)) or width < 1 or height < 1:
-        raise InvalidParameterError(f"cover_crop size should be positive integers but is {width!r}x{height!r}")
-    array = np.asarray(image)
-    if array.ndim not in (2, 3) or array.shape[0] < 1 or array.shape[1] < 1:
-        raise InvalidParameterError(f"cover_crop expects an HxW or HxWxC image but got shape {array.shape}")
-    in_h, in_w = array.shape[:2]
-    if (in_w, in_h) == (width, height):
-        return array.copy()
-    # Same arithmetic as the official demos (PIL LANCZOS, rounded size, crop start rounded like PIL rounds
-    # their float box) so the original lines up pixel for pixel with the image the pipeline fed the model.
-    # Unlike theirs, the end is start + size: their box loses a row when the margin is odd and the size is odd.
-    scale = max(width / in_w, height / in_h)
-    resized_w, resized_h = int(round(in_w * scale)), int(round(in_h * scale))
-    left, top = round((resized_w - width) / 2), round((resized_h - height) / 2)
-    box = (left, top, left + width, top + height)
-
-    def _resize(plane: np.ndarray) -> np.ndarray:
-        pil = Image.fromarray(plane)
-        return np.asarray(pil.resize((resized_w, resized_h), Image.LANCZOS).crop(box))
-
-    if array.dtype == np.uint8 and (array.ndim == 2 or array.shape[2] in (3, 4)):
-        return _resize(array).copy()
-    # Float images (mattes) go through PIL's 32-bit float mode one channel at a time.
-    planes = array[..., None] if array.ndim == 2 else array
-    out = np.stack(
-        [_resize(np.ascontiguousarray(planes[..., c], dtype=np.float32)) for c in range(planes.shape[2])], -1
-    )
-    out = out[..., 0] if array.ndim == 2 else out
-    if np.issubdtype(array.dtype, np.integer):
-        info = np.iinfo(array.dtype)
-        return np.clip(np.round(out), info.min, info.max).astype(array.dtype)
-    return out.astype(array.dtype)
 
 
 def restore_details(relit: np.ndarray, original: np.ndarray, matte: np.ndarray, radius: float = 5.0) -> np.ndarray:
@@ -128,9 +91,9 @@ def _prepare(relit: np.ndarray, original: np.ndarray, matte: np.ndarray) -> tupl
             f"matte values should be in [0, 1] but span [{np.nanmin(alpha):.3g}, {np.nanmax(alpha):.3g}]"
         )
     height, width = relit.shape[:2]
-    original_f = cover_crop(original, width, height).astype(np.float32)
+    original_f = resize_and_center_crop(original, width, height).astype(np.float32)
     # LANCZOS rings slightly past 0 and 1 at hard matte edges.
-    alpha = np.clip(cover_crop(alpha, width, height), 0.0, 1.0)
+    alpha = np.clip(resize_and_center_crop(alpha, width, height), 0.0, 1.0)
     return relit.astype(np.float32), original_f, alpha
 
 

@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from core.errors import InvalidParameterError
-from core.restore import cover_crop, preserve_color, restore_details
+from core.imageops import resize_and_center_crop as cover_crop
+from core.restore import preserve_color, restore_details
 
 ORIG_W, ORIG_H = 400, 300  # landscape input ...
 RELIT_W, RELIT_H = 256, 320  # ... relit as a portrait, so cover-crop alignment matters
