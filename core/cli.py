@@ -178,8 +178,8 @@ def run_relight(args: argparse.Namespace) -> int:
     from core.manager import ModelManager
     from core.service import Relighter
 
-    if args.fg is None and args.from_png is None:
-        raise InvalidParameterError("--fg FOREGROUND.png is required")
+    if args.fg is None:
+        raise InvalidParameterError("--fg FOREGROUND.png is required (a --from-png result gives parameters only)")
     if args.out is None:
         raise InvalidParameterError("--out DIR is required (results are written there, never overwritten)")
     for flag in ("fg", "bg", "light_map", "from_png"):
@@ -188,8 +188,6 @@ def run_relight(args: argparse.Namespace) -> int:
             raise InvalidParameterError(f"--{flag.replace('_', '-')} {path} does not exist or is not a file")
     settings = settings_from_flags(args)
     params = params_from_args(args)
-    if args.fg is None:
-        raise InvalidParameterError("--fg FOREGROUND.png is required (the PNG gives parameters, not the input image)")
     fc_variant = Variant(args.variant) if args.variant in (Variant.FC.value, Variant.FCON.value) else Variant.FC
     if args.variant == Variant.FBC.value and params.mode is not Mode.FBC:
         raise InvalidParameterError("--variant fbc needs --mode fbc")

@@ -97,12 +97,8 @@ def condition_image(
 
 @torch.inference_mode()
 def encode_images(models: ICLightModels, images: list[np.ndarray]) -> torch.Tensor:
-    """VAE-encode uint8 images (distribution mode, scaled), concatenated on channels: (1, 4 * n, h, w)."""
-    vae = models.vae
-    with models.active(vae):
-        pixels = numpy2pytorch(images).to(device=models.device, dtype=vae.dtype)
-        latents = vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
-    return torch.cat([latent[None] for latent in latents], dim=1)
+    """VAE-encode uint8 images as one batch, then concatenate on channels: (1, 4 * n, h, w)."""
+    return torch.cat([latent[None] for latent in encode_batch(models, images)], dim=1)
 
 
 @torch.inference_mode()
