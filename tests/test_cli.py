@@ -85,7 +85,8 @@ def test_fbc_with_light_direction_and_upload(tmp_path, fg_png, model_flags, caps
     assert read_params(paths[0]).bg_source.value == "right" and read_params(paths[0]).cfg == 7.0
     code, paths, err = run(["relight", "--mode", "fbc", "--fg", fg_png, "--bg", bg, "--prompt", "a cat", "--out",
                             out, "--no-remove-bg", *FAST, *model_flags], capsys)  # fmt: skip
-    assert code == 0, err and read_params(paths[0]).bg_source.value == "upload"
+    assert code == 0, err
+    assert read_params(paths[0]).bg_source.value == "upload"
 
 
 def test_preview_engine_needs_no_weights(tmp_path, fg_png, capsys):
