@@ -32,6 +32,7 @@ class Placement:
     channels_last: bool = False  # NHWC convolutions: faster on CPU with oneDNN
     offload: bool = False  # low-VRAM: keep models on CPU, move each to the GPU only while it runs
     vae_tiling: bool = False  # low-VRAM: decode/encode the VAE in tiles
+    cpu_attention: bool = False  # bf16 on CPU: try the AMX attention kernel (core/cpu_attention.py), else SDPA
 
     @property
     def torch_device(self) -> torch.device:
@@ -127,6 +128,7 @@ def resolve_placement(device: str | None = "auto", dtype: str | None = "auto", l
         channels_last=base == CPU,
         offload=low_vram and base != CPU,
         vae_tiling=low_vram and base != CPU,
+        cpu_attention=base == CPU and unet == torch.bfloat16,
     )
 
 

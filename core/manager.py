@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from core import cpu_attention
 from core.devices import Placement, env_flag, release_cpu_memory, resolve_placement
 from core.loading import (
     DEFAULT_BASE_MODEL,
@@ -94,13 +95,17 @@ class ICLightModels:
     unet: ConcatConditionedUNet
     placement: Placement
     base_model: str
+    attention: str = "SDPA"  # which attention the UNet runs ("AMX kernel (...)" or "SDPA (why)")
 
     @property
     def device(self) -> torch.device:
         return self.placement.torch_device
 
     def describe(self) -> str:
-        return f"base model {self.base_model} · IC-Light {self.variant.value} · {self.placement.describe()}"
+        return (
+            f"base model {self.base_model} · IC-Light {self.variant.value} · {self.placement.describe()}"
+            f" · attention {self.attention}"
+        )
 
     @contextlib.contextmanager
     def active(self, module: torch.nn.Module) -> Iterator[torch.nn.Module]:
@@ -198,9 +203,10 @@ class ModelManager:
             state = f"weights missing: put {variant.filename} in {Path(self.settings.models_dir).resolve()}"
             if self.settings.download and not offline_mode():
                 state += " (or let the first run download it)"
-        return (
-            f"base model {self.settings.base_model} · IC-Light {variant.value} ({state}) · {self.placement.describe()}"
-        )
+        text = f"base model {self.settings.base_model} · IC-Light {variant.value} ({state})"
+        text += f" · {self.placement.describe()}"
+        loaded = self._cache.get(self.cache_key(variant))
+        return f"{text} · attention {loaded.attention}" if loaded else text
 
     # -- loading -------------------------------------------------------------------------------------------------
 
@@ -236,6 +242,9 @@ class ModelManager:
         unet.to(device=home)
         text_encoder = base.text_encoder.eval().requires_grad_(False).to(device=home, dtype=placement.text_dtype)
         vae = base.vae.eval().requires_grad_(False).to(device=home, dtype=placement.vae_dtype)
+        attention = "SDPA"
+        if placement.cpu_attention:
+            attention = cpu_attention.install(unet).reason
         if placement.channels_last:
             unet.to(memory_format=torch.channels_last)
             vae.to(memory_format=torch.channels_last)
@@ -250,4 +259,5 @@ class ModelManager:
             unet=ConcatConditionedUNet(unet),
             placement=placement,
             base_model=self.settings.base_model,
+            attention=attention,
         )

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 # No test may touch the network: make every Hub lookup fail fast instead of retrying for half a minute.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ICLIGHT_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# The AMX attention kernel is compiled on first use: build it in a throwaway folder, not the user's cache.
+os.environ.setdefault("ICLIGHT_CACHE_DIR", tempfile.mkdtemp(prefix="iclight-test-cache-"))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

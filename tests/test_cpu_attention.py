@@ -1,0 +1,283 @@
+"""The AMX attention kernel: numerics against SDPA, what it accepts, its fallbacks, and its use inside a UNet."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from core import cpu_attention
+from core.cpu_attention import AmxAttention, CPUAttnProcessor, KernelStatus, build_library, load_kernel
+
+HAS_AMX = all(flag in cpu_attention.cpu_flags() for flag in cpu_attention.CPU_FLAGS)
+needs_amx = pytest.mark.skipif(not HAS_AMX, reason="this CPU has no AMX, so the kernel cannot run here")
+
+
+@pytest.fixture
+def fresh_loader(monkeypatch, tmp_path):
+    """load_kernel with its cache cleared and a private build folder; restored afterwards."""
+    monkeypatch.setenv(cpu_attention.CACHE_ENV, str(tmp_path / "cache"))
+    load_kernel.cache_clear()
+    yield load_kernel
+    load_kernel.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def kernel() -> AmxAttention:
+    kernel, status = load_kernel()
+    assert kernel is not None, status.reason
+    return kernel
+
+
+def qkv(b, h, nq, nk, d, seed=0, spread=1.0, interleaved=True):
+    """bf16 q, k, v as [B, H, N, D]: views of [B, N, H, D] (diffusers' layout) or contiguous."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def one(n):
+        if interleaved:
+            return (torch.randn(b, n, h, d, generator=gen) * spread).to(torch.bfloat16).transpose(1, 2)
+        return (torch.randn(b, h, n, d, generator=gen) * spread).to(torch.bfloat16)
+
+    return one(nq), one(nk), one(nk)
+
+
+def errors(kernel, q, k, v, scale=None):
+    """(max error of the kernel, max error of bf16 SDPA), both against fp32 SDPA."""
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), scale=scale)
+    sdpa = F.scaled_dot_product_attention(q, k, v, scale=scale).float()
+    ours = kernel(q, k, v, scale).transpose(1, 2).float()
+    assert ours.shape == ref.shape and torch.isfinite(ours).all()
+    return (ours - ref).abs().max().item(), (sdpa - ref).abs().max().item()
+
+
+@needs_amx
+def test_kernel_builds_on_amx_machines(kernel):
+    status = load_kernel()[1]
+    assert status.available and status.reason.startswith("AMX kernel")
+    assert kernel.library.is_file()
+
+
+@needs_amx
+@pytest.mark.parametrize(
+    "b,h,nq,nk,d",
+    [
+        (2, 8, 1024, 1024, 40),  # SD 1.5 level 1 at 256 x 256
+        (1, 2, 300, 301, 40),  # tails: queries not a multiple of 16, odd key count
+        (1, 1, 257, 4200, 40),  # keys span two chunks with a partial block; one query in the last tile
+        (1, 3, 512, 300, 34),  # smallest head size
+        (2, 1, 333, 1000, 48),  # largest head size
+        (1, 2, 4096, 64, 40),  # few keys: one partial block
+    ],
+)
+@pytest.mark.parametrize("interleaved", [True, False])
+def test_kernel_matches_sdpa(kernel, b, h, nq, nk, d, interleaved):
+    q, k, v = qkv(b, h, nq, nk, d, interleaved=interleaved)
+    ours, sdpa = errors(kernel, q, k, v)
+    # Both round to bf16 at the end; the kernel may not be meaningfully worse than PyTorch's own bf16 SDPA.
+    assert ours <= 1.5 * sdpa + 1e-3, (ours, sdpa)
+
+
+@needs_amx
+def test_kernel_scale_and_peaky_scores(kernel):
+    q, k, v = qkv(1, 2, 640, 640, 40, spread=6.0)  # logits in the hundreds: the running max must keep exp finite
+    ours, sdpa = errors(kernel, q, k, v)
+    assert ours <= 1.5 * sdpa + 1e-3
+    ours, sdpa = errors(kernel, *qkv(1, 2, 640, 640, 40, seed=3), scale=0.7)
+    assert ours <= 1.5 * sdpa + 1e-3
+
+
+@needs_amx
+def test_kernel_leaves_torch_amx_kernels_alone(kernel):
+    """The kernel's tile state lives on its own threads: oneDNN's bf16 matmul and SDPA give the same answers."""
+    gen = torch.Generator().manual_seed(1)
+    a = torch.randn(256, 320, generator=gen).bfloat16()
+    w = torch.randn(320, 320, generator=gen).bfloat16()
+    q, k, v = qkv(2, 8, 77, 77, 40)
+    before = (a @ w, F.scaled_dot_product_attention(q, k, v))
+    kernel(*qkv(1, 2, 512, 512, 40))
+    after = (a @ w, F.scaled_dot_product_attention(q, k, v))
+    assert all(torch.equal(x, y) for x, y in zip(before, after, strict=True))
+
+
+@needs_amx
+def test_kernel_is_deterministic_and_thread_safe(kernel):
+    inputs = [qkv(1, 4, 700, 700, 40, seed=s) for s in range(2)]
+    expected = [kernel(*x) for x in inputs]
+    results = [None, None]
+
+    def run(i):
+        results[i] = [kernel(*inputs[i]) for _ in range(3)]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(2):
+        assert all(torch.equal(r, expected[i]) for r in results[i])
+
+
+def test_supports_only_what_the_kernel_handles():
+    q, k, v = qkv(1, 2, 512, 512, 40)
+    assert AmxAttention.supports(q, k, v)
+    assert not AmxAttention.supports(q.float(), k.float(), v.float())  # fp32
+    assert not AmxAttention.supports(*qkv(1, 2, 512, 512, 64))  # head size
+    assert not AmxAttention.supports(*qkv(1, 2, 512, 512, 32))
+    assert not AmxAttention.supports(*qkv(1, 2, 64, 77, 40))  # too small to pay off
+    assert not AmxAttention.supports(q[..., ::2], k[..., ::2], v[..., ::2])  # head dim not contiguous
+    assert not AmxAttention.supports(q, k[:, :1], v[:, :1])  # heads differ
+    with torch.enable_grad():
+        assert not AmxAttention.supports(q.clone().requires_grad_(), k, v)  # no backward
+
+
+def test_sdpa_mode_skips_the_kernel(fresh_loader, monkeypatch):
+    monkeypatch.setenv(cpu_attention.MODE_ENV, "sdpa")
+    kernel, status = fresh_loader()
+    assert kernel is None and not status.available and "ICLIGHT_CPU_ATTENTION=sdpa" in status.reason
+
+
+def test_cpu_without_amx_uses_sdpa(fresh_loader, monkeypatch):
+    monkeypatch.setattr(cpu_attention, "cpu_flags", lambda: {"avx512f", "avx2"})
+    kernel, status = fresh_loader()
+    assert kernel is None and "lacks" in status.reason and "amx_tile" in status.reason
+
+
+@needs_amx
+def test_missing_or_failing_compiler_falls_back(fresh_loader, monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    kernel, status = fresh_loader()
+    assert kernel is None and "building the AMX kernel failed" in status.reason
+
+    broken = tmp_path / "broken-cc"
+    broken.write_text("#!/bin/sh\necho 'fake 1.0'\n[ \"$1\" = --version ] && exit 0\necho 'error: no' >&2\nexit 1\n")
+    broken.chmod(broken.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("CC", str(broken))
+    load_kernel.cache_clear()
+    kernel, status = fresh_loader()
+    assert kernel is None and "failed" in status.reason and "error: no" in status.reason
+    assert not list((tmp_path / "cache").glob("*.so"))  # no half-written library left behind
+
+
+@needs_amx
+def test_library_is_built_once(tmp_path):
+    compiler = cpu_attention.find_compiler()
+    first = build_library(compiler, tmp_path)
+    stamp = first.stat().st_mtime_ns
+    assert build_library(compiler, tmp_path) == first and first.stat().st_mtime_ns == stamp
+
+
+def attention_module(dim=320, heads=8, cross_dim=None, **kwargs):
+    from diffusers.models.attention_processor import Attention
+
+    torch.manual_seed(0)
+    return Attention(query_dim=dim, heads=heads, dim_head=dim // heads, cross_attention_dim=cross_dim, **kwargs).to(
+        torch.bfloat16
+    )
+
+
+@needs_amx
+def test_processor_matches_diffusers_sdpa(kernel):
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    attn = attention_module()
+    x = torch.randn(2, 1024, 320).bfloat16()
+    with torch.inference_mode():
+        attn.set_processor(AttnProcessor2_0())
+        expected = attn(x).float()
+        attn.set_processor(CPUAttnProcessor(kernel))
+        got = attn(x).float()
+    # bf16 outputs of two different kernels: equal up to bf16 rounding through the output projection
+    assert (got - expected).abs().max().item() <= 0.02 * expected.abs().max().item()
+
+
+def test_processor_falls_back_to_diffusers_exactly():
+    """Cross-attention (77 keys) and non-plain blocks run exactly diffusers' own SDPA path."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    ours = CPUAttnProcessor(kernel=None)
+    cases = [
+        (attention_module(cross_dim=64), dict(encoder_hidden_states=torch.randn(2, 77, 64).bfloat16())),
+        (attention_module(residual_connection=True), {}),
+        (attention_module(), dict(attention_mask=torch.ones(2, 1, 300, dtype=torch.bool))),
+    ]
+    x = torch.randn(2, 300, 320).bfloat16()
+    with torch.inference_mode():
+        for attn, kwargs in cases:
+            attn.set_processor(AttnProcessor2_0())
+            expected = attn(x, **kwargs)
+            attn.set_processor(ours)
+            assert torch.equal(attn(x, **kwargs), expected)
+
+
+@needs_amx
+def test_unet_runs_the_kernel_and_matches_sdpa(kernel, monkeypatch):
+    """A small UNet whose first level has SD 1.5's head size (40) at 4,096 tokens: the kernel runs and agrees."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(80, 160),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=2,  # diffusers' legacy name: 2 heads of 40
+        norm_num_groups=16,
+        sample_size=64,
+    ).to(torch.bfloat16)
+    args = (torch.randn(1, 4, 64, 64).bfloat16(), torch.tensor(10), torch.randn(1, 77, 32).bfloat16())
+    calls = []
+    original = AmxAttention.__call__
+    with torch.inference_mode():
+        expected = unet(*args).sample.float()
+        status = cpu_attention.install(unet)
+        monkeypatch.setattr(AmxAttention, "__call__", lambda self, *a: calls.append(a[0].shape) or original(self, *a))
+        got = unet(*args).sample.float()
+    assert status.available and calls and all(shape[-2:] == (4096, 40) for shape in calls)
+    rel = (got - expected).norm() / expected.norm()
+    assert rel < 0.02, rel
+
+
+def test_install_reports_sdpa_without_touching_the_unet(fresh_loader, monkeypatch):
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    monkeypatch.setenv(cpu_attention.MODE_ENV, "sdpa")
+    attn = attention_module()
+    unet = torch.nn.Module()
+    unet.set_attn_processor = lambda p: attn.set_processor(p)
+    assert cpu_attention.install(unet) == KernelStatus(False, "SDPA (ICLIGHT_CPU_ATTENTION=sdpa)")
+    assert isinstance(attn.processor, AttnProcessor2_0)
+
+
+@needs_amx
+def test_manager_uses_the_kernel_for_bf16_cpu(tiny_paths):
+    from core.manager import ModelManager, ModelSettings
+
+    settings = ModelSettings(base_model=str(tiny_paths["base"]), models_dir=tiny_paths["models"], device="cpu",
+                             dtype="bf16", download=False)  # fmt: skip
+    manager = ModelManager(settings)
+    assert manager.placement.cpu_attention
+    models = manager.get("fc")
+    assert models.attention.startswith("AMX kernel")
+    assert "attention AMX kernel" in manager.describe("fc") and "attention AMX" in models.describe()
+    processors = models.unet.unet.attn_processors.values()
+    assert processors and all(isinstance(p, CPUAttnProcessor) for p in processors)
+
+
+def test_fp32_keeps_diffusers_attention(fc_models):
+    """The seed-exact fp32 path never swaps processors."""
+    assert not fc_models.placement.cpu_attention and fc_models.attention == "SDPA"
+    assert not any(isinstance(p, CPUAttnProcessor) for p in fc_models.unet.unet.attn_processors.values())
+
+
+def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv(cpu_attention.CACHE_ENV, str(tmp_path / "x"))
+    assert cpu_attention.cache_dir() == tmp_path / "x"
+    monkeypatch.delenv(cpu_attention.CACHE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cpu_attention.cache_dir() == tmp_path / "iclight"
+    assert os.path.isabs(cpu_attention.cache_dir())
