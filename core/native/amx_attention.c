@@ -7,8 +7,9 @@
  * SIMD lane, no horizontal reductions):
  *   S^T (16 keys x 16 queries, fp32)  = K tile (16 keys x D, bf16 rows)  . Q^T (D x 16 queries, VNNI pairs)
  *   O^T (48 x 16 queries, fp32)      += V^T tile (48 x 32 keys, bf16)   . P^T (32 keys x 16 queries, VNNI pairs)
- * Head sizes 34..48 (even) are supported: SD 1.5's first UNet level (320 channels, 8 heads) has D = 40, and that
- * level holds almost all of the attention work.
+ * Row D of the packed V^T is all ones, so row D of O^T accumulates the softmax denominator on the AMX unit, from
+ * the same bf16 probabilities as the numerator. Head sizes 34..46 (even) are supported: SD 1.5's first UNet level
+ * (320 channels, 8 heads) has D = 40, and that level holds almost all of the attention work.
  *
  * Work runs on threads this library creates, never on the caller's thread, so AMX tile state is never shared
  * with PyTorch's own (oneDNN) kernels.
@@ -24,7 +25,8 @@
 #include <unistd.h>
 
 #define QT 16          /* queries per tile (one per SIMD lane) */
-#define DPAD 48        /* head dim rounded up to three 16-row output tiles */
+#define DPAD 48        /* head dim plus the ones row, rounded up to three 16-row output tiles */
+#define BF16_ONE 0x3F80
 #define MAX_THREADS 256
 #define ARCH_REQ_XCOMP_PERM 0x1023
 #define XFEATURE_XTILEDATA 18
@@ -49,8 +51,17 @@ static inline __m512 exp2_fast(__m512 t) {
   return _mm512_scalef_ps(p, t); /* scalef uses floor(t); underflows cleanly to 0 */
 }
 
+/* Two rows of probabilities (keys 2p, 2p+1) as one row of VNNI pairs: each 32-bit lane holds (bf16(e0), bf16(e1))
+ * for one query. Rounds half up, which for these non-negative finite values is round-to-nearest. */
+static inline __m512i vnni_pair(__m512 e0, __m512 e1) {
+  const __m512i half = _mm512_set1_epi32(0x8000);
+  const __m512i lo = _mm512_srli_epi32(_mm512_add_epi32(_mm512_castps_si512(e0), half), 16);
+  const __m512i hi = _mm512_add_epi32(_mm512_castps_si512(e1), half);
+  return _mm512_ternarylogic_epi32(hi, lo, _mm512_set1_epi32((int)0xFFFF0000u), 0xEC); /* (hi & mask) | lo */
+}
+
 typedef struct {
-  const uint16_t *q, *kp, *vt; /* kp: packed K [BH][ldk][D]; vt: packed V^T [BH][D][ldk] */
+  const uint16_t *q, *kp, *vt; /* kp: packed K [BH][ldk][D]; vt: packed V^T [BH][DPAD][ldk], row D all ones */
   uint16_t *out;               /* [B][Nq][H][D] */
   int64_t H, Nq, Nk, D, ldk, block, chunk;
   int64_t qs0, qs1, qs2;
@@ -60,18 +71,15 @@ typedef struct {
 } job_t;
 
 typedef struct {
-  float m[QT], l[QT], ot[DPAD * QT]; /* running max (base 2), running sum, unnormalised O^T */
+  float m[QT], ot[DPAD * QT]; /* running max (base 2); unnormalised O^T, row D the running denominator */
 } state_t;
 
 /* Attend one 16-query tile to keys [k0, k1), updating its running state. */
 static void attend_tile(const job_t *j, const uint16_t *qtv, const uint16_t *kh, const uint16_t *vth, int64_t k0,
                         int64_t k1, state_t *st, float *S, uint16_t *P) {
   const int64_t D = j->D, block = j->block;
-  /* lane order that interleaves two converted rows into VNNI pairs */
-  const __m512i pairs = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22,
-                                         6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
   const __m512 s2 = _mm512_set1_ps(j->scale2);
-  __m512 m = _mm512_load_ps(st->m), l = _mm512_load_ps(st->l);
+  __m512 m = _mm512_load_ps(st->m);
   float *OT = st->ot;
   for (int64_t kb = k0; kb < k1; kb += block) {
     const int64_t nk = (k1 - kb) < block ? (k1 - kb) : block;
@@ -88,36 +96,37 @@ static void attend_tile(const job_t *j, const uint16_t *qtv, const uint16_t *kh,
       _tile_stored(4, S + g * 16 * QT, 64);
     }
     /* 2. online softmax down the key rows, one query per lane */
-    __m512 mx = _mm512_set1_ps(-INFINITY);
-    for (int64_t r = 0; r < nk; ++r) mx = _mm512_max_ps(mx, _mm512_load_ps(S + r * QT));
+    __m512 mx0 = _mm512_set1_ps(-INFINITY), mx1 = mx0, mx2 = mx0, mx3 = mx0; /* four chains hide the latency */
+    int64_t r = 0;
+    for (; r + 4 <= nk; r += 4) {
+      mx0 = _mm512_max_ps(mx0, _mm512_load_ps(S + r * QT));
+      mx1 = _mm512_max_ps(mx1, _mm512_load_ps(S + (r + 1) * QT));
+      mx2 = _mm512_max_ps(mx2, _mm512_load_ps(S + (r + 2) * QT));
+      mx3 = _mm512_max_ps(mx3, _mm512_load_ps(S + (r + 3) * QT));
+    }
+    for (; r < nk; ++r) mx0 = _mm512_max_ps(mx0, _mm512_load_ps(S + r * QT));
+    const __m512 mx = _mm512_max_ps(_mm512_max_ps(mx0, mx1), _mm512_max_ps(mx2, mx3));
     const __m512 mnew = _mm512_max_ps(m, _mm512_mul_ps(mx, s2));
     const __m512 corr = exp2_fast(_mm512_sub_ps(m, mnew));
     const __m512 neg = _mm512_sub_ps(_mm512_setzero_ps(), mnew);
     m = mnew;
-    __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
     const int64_t padded_pairs = ((nk + 31) / 32) * 16;
     int64_t p = 0;
     for (; p < nk / 2; ++p) {
       const __m512 e0 = exp2_fast(_mm512_fmadd_ps(_mm512_load_ps(S + 2 * p * QT), s2, neg));
       const __m512 e1 = exp2_fast(_mm512_fmadd_ps(_mm512_load_ps(S + (2 * p + 1) * QT), s2, neg));
-      sum0 = _mm512_add_ps(sum0, e0);
-      sum1 = _mm512_add_ps(sum1, e1);
-      const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(e1, e0);
-      _mm512_store_si512((__m512i *)(P + p * 32), _mm512_permutexvar_epi16(pairs, both));
+      _mm512_store_si512((__m512i *)(P + p * 32), vnni_pair(e0, e1));
     }
     if (nk & 1) { /* odd last key: pair it with a zero */
       const __m512 e0 = exp2_fast(_mm512_fmadd_ps(_mm512_load_ps(S + 2 * p * QT), s2, neg));
-      sum0 = _mm512_add_ps(sum0, e0);
-      const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(_mm512_setzero_ps(), e0);
-      _mm512_store_si512((__m512i *)(P + p * 32), _mm512_permutexvar_epi16(pairs, both));
+      _mm512_store_si512((__m512i *)(P + p * 32), vnni_pair(e0, _mm512_setzero_ps()));
       ++p;
     }
     for (; p < padded_pairs; ++p) _mm512_store_si512((__m512i *)(P + p * 32), _mm512_setzero_si512());
-    l = _mm512_fmadd_ps(l, corr, _mm512_add_ps(sum0, sum1));
     if (_mm512_cmp_ps_mask(corr, _mm512_set1_ps(1.0f), _CMP_NEQ_OQ)) {
-      for (int64_t d = 0; d < D; ++d) _mm512_store_ps(OT + d * QT, _mm512_mul_ps(_mm512_load_ps(OT + d * QT), corr));
+      for (int64_t d = 0; d <= D; ++d) _mm512_store_ps(OT + d * QT, _mm512_mul_ps(_mm512_load_ps(OT + d * QT), corr));
     }
-    /* 3. O^T += V^T P^T, 32 keys at a time; rows D..47 of the last tile are scratch and never read back */
+    /* 3. O^T += V^T P^T, 32 keys at a time */
     _tile_loadd(5, OT, 64);
     _tile_loadd(6, OT + 16 * QT, 64);
     _tile_loadd(7, OT + 32 * QT, 64);
@@ -136,7 +145,6 @@ static void attend_tile(const job_t *j, const uint16_t *qtv, const uint16_t *kh,
     _tile_stored(7, OT + 32 * QT, 64);
   }
   _mm512_store_ps(st->m, m);
-  _mm512_store_ps(st->l, l);
 }
 
 static inline uint16_t to_bf16(float x) { /* round to nearest even */
@@ -181,10 +189,10 @@ static void *worker(void *arg) {
         const uint16_t *qr = j->q + b * j->qs0 + h * j->qs1 + (i0 + r) * j->qs2;
         for (int64_t d = 0; d < D; ++d) dst[((d >> 1) * QT + r) * 2 + (d & 1)] = qr[d];
       }
-      for (int k = 0; k < QT; ++k) st[i].m[k] = -1e30f, st[i].l[k] = 0.f;
+      for (int k = 0; k < QT; ++k) st[i].m[k] = -1e30f;
       memset(st[i].ot, 0, sizeof st[i].ot);
     }
-    const uint16_t *kh = j->kp + bh * j->ldk * D, *vth = j->vt + bh * D * j->ldk;
+    const uint16_t *kh = j->kp + bh * j->ldk * D, *vth = j->vt + bh * DPAD * j->ldk;
     for (int64_t c0 = 0; c0 < j->Nk; c0 += j->chunk) {
       const int64_t c1 = (c0 + j->chunk) < j->Nk ? (c0 + j->chunk) : j->Nk;
       for (int64_t i = 0; i < n; ++i) attend_tile(j, qtv + i * 32 * QT * 2, kh, vth, c0, c1, &st[i], S, P);
@@ -192,7 +200,7 @@ static void *worker(void *arg) {
     for (int64_t i = 0; i < n; ++i) {
       const int64_t i0 = (first + i) * QT, rows = (j->Nq - i0) < QT ? (j->Nq - i0) : QT;
       for (int64_t r = 0; r < rows; ++r) {
-        const float inv = 1.0f / st[i].l[r];
+        const float inv = 1.0f / st[i].ot[D * QT + r];
         uint16_t *orow = j->out + ((b * j->Nq + i0 + r) * j->H + h) * D;
         for (int64_t d = 0; d < D; ++d) orow[d] = to_bf16(st[i].ot[d * QT + r] * inv);
       }
@@ -210,14 +218,15 @@ typedef struct {
   int64_t H, Nk, D, ldk, ks0, ks1, ks2, vs0, vs1, vs2, begin, end;
 } pack_t;
 
-/* Copy K rows contiguously ([ldk][D]) and transpose V ([D][ldk]) per (batch, head), zero padded to ldk keys. */
+/* Copy K rows contiguously ([ldk][D]) and transpose V ([DPAD][ldk], row D ones) per (batch, head), zero padded. */
 static void *packer(void *arg) {
   pack_t *p = (pack_t *)arg;
   for (int64_t bh = p->begin; bh < p->end; ++bh) {
     const int64_t b = bh / p->H, h = bh % p->H;
-    uint16_t *kd = p->kp + bh * p->ldk * p->D, *vd = p->vt + bh * p->D * p->ldk;
+    uint16_t *kd = p->kp + bh * p->ldk * p->D, *vd = p->vt + bh * DPAD * p->ldk;
     memset(kd, 0, p->ldk * p->D * sizeof(uint16_t));
-    memset(vd, 0, p->D * p->ldk * sizeof(uint16_t));
+    memset(vd, 0, DPAD * p->ldk * sizeof(uint16_t));
+    for (int64_t n = 0; n < p->ldk; ++n) vd[p->D * p->ldk + n] = BF16_ONE;
     const uint16_t *ks = p->k + b * p->ks0 + h * p->ks1, *vs = p->v + b * p->vs0 + h * p->vs1;
     for (int64_t n = 0; n < p->Nk; ++n) {
       memcpy(kd + n * p->D, ks + n * p->ks2, p->D * sizeof(uint16_t));
@@ -233,7 +242,7 @@ static int64_t padded_keys(int64_t Nk, int64_t block) { return ((Nk + block - 1)
 /* bf16 elements of scratch memory amx_attention needs. */
 int64_t amx_scratch_elems(int64_t B, int64_t H, int64_t Nk, int64_t D, int64_t block) {
   const int64_t ldk = padded_keys(Nk, block);
-  return 2 * B * H * ldk * D + DPAD * ldk;
+  return B * H * ldk * (D + DPAD);
 }
 
 /* q, k, v: bf16 [B, H, N, D] with unit stride on D (any other strides); out: bf16 [B, Nq, H, D] contiguous.
@@ -242,12 +251,11 @@ int amx_attention(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint1
                   int64_t B, int64_t H, int64_t Nq, int64_t Nk, int64_t D, int64_t qs0, int64_t qs1, int64_t qs2,
                   int64_t ks0, int64_t ks1, int64_t ks2, int64_t vs0, int64_t vs1, int64_t vs2, double scale,
                   int64_t block, int64_t chunk, int64_t nthreads) {
-  if (D <= 32 || D > DPAD || (D & 1) || block <= 0 || block % 32 || chunk <= 0 || chunk % block || Nq <= 0 ||
+  if (D <= 32 || D >= DPAD || (D & 1) || block <= 0 || block % 32 || chunk <= 0 || chunk % block || Nq <= 0 ||
       Nk <= 0 || B <= 0 || H <= 0 || nthreads < 1 || nthreads > MAX_THREADS)
     return 1;
   const int64_t ldk = padded_keys(Nk, block), BH = B * H;
   uint16_t *kp = scratch, *vt = scratch + BH * ldk * D;
-  memset(vt + BH * D * ldk, 0, DPAD * ldk * sizeof(uint16_t)); /* read past the last head by the last tile */
   pthread_t th[MAX_THREADS];
   pack_t pk[MAX_THREADS];
   job_t jobs[MAX_THREADS];
