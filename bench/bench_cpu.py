@@ -109,7 +109,6 @@ def worker(recipe: str, folder: Path, width: int, height: int, steps: int, unet_
     """Run one recipe in this process and return its numbers."""
     import numpy as np
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     from core.devices import Placement, resolve_placement
     from core.manager import ModelManager, ModelSettings
@@ -134,15 +133,13 @@ def worker(recipe: str, folder: Path, width: int, height: int, steps: int, unet_
     embeds = torch.cat([uncond, cond]).to(dtype)
     step_times = []
     with torch.inference_mode():
-        counter = FlopCounterMode(display=False)
-        with counter:
-            models.unet(latents, torch.tensor(500), embeds, concat)  # warm-up, counted
-        flops = counter.get_total_flops()
+        flops = count_unet_flops(models.unet, latents, embeds, concat)
+        models.unet(latents, torch.tensor(500), embeds, concat)  # warm-up
         for _ in range(unet_steps):
             t = time.perf_counter()
             models.unet(latents, torch.tensor(500), embeds, concat)
             step_times.append(time.perf_counter() - t)
-    result = {"recipe": recipe, "placement": placement.describe(), "load_s": load_s,
+    result = {"recipe": recipe, "placement": placement.describe(), "attention": models.attention, "load_s": load_s,
               "unet_step_s": statistics.median(step_times), "unet_step_flops": flops}  # fmt: skip
     if e2e:
         fg = (np.random.RandomState(0).rand(height, width, 3) * 255).astype(np.uint8)
@@ -153,6 +150,25 @@ def worker(recipe: str, folder: Path, width: int, height: int, steps: int, unet_
         result["output_size"] = list(out.images[0].shape)
     result["peak_rss_gb"] = peak_rss_gb()
     return result
+
+
+def count_unet_flops(unet, latents, embeds, concat) -> int:
+    """FLOPs of one UNet call, counted by torch with diffusers' SDPA attention (our C kernel is invisible to the
+    counter, and the work is the same)."""
+    import torch
+    from diffusers.models.attention_processor import AttnProcessor2_0
+    from torch.utils.flop_counter import FlopCounterMode
+
+    inner = unet.unet
+    processors = inner.attn_processors
+    inner.set_attn_processor(AttnProcessor2_0())
+    try:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            unet(latents, torch.tensor(500), embeds, concat)
+        return counter.get_total_flops()
+    finally:
+        inner.set_attn_processor(processors)
 
 
 def peak_rss_gb() -> float:
@@ -210,6 +226,8 @@ def print_table(results: dict, peak: dict, args) -> None:
         e2e = f"{r['e2e_s']:.1f}" if "e2e_s" in r else "-"
         print(f"{name:<10} {r['placement']:<48} {r['load_s']:>7.1f} {r['unet_step_s']:>11.2f} {e2e:>12} "
               f"{r['peak_rss_gb']:>8.2f}")  # fmt: skip
+    for name, r in results.items():
+        print(f"{name} attention: {r['attention']}")
     if "ours" in results:
         ours = results["ours"]
         tflop = ours["unet_step_flops"] / 1e12
