@@ -177,7 +177,11 @@ def load_kernel() -> tuple[AmxAttention | None, KernelStatus]:
     if compiler is None:
         return None, KernelStatus(False, "SDPA (no C compiler found to build the AMX kernel; install gcc)")
     try:
-        kernel = AmxAttention(build_library(compiler, cache_dir()))
+        try:
+            library = build_library(compiler, cache_dir())
+        except OSError:  # cache folder not writable: build in a private temporary folder instead
+            library = build_library(compiler, Path(tempfile.gettempdir()) / f"iclight-{os.getuid()}")
+        kernel = AmxAttention(library)
         if not kernel.request_permission():
             return None, KernelStatus(False, "SDPA (Linux refused AMX tile state; kernel 5.16+ is needed)")
         error = self_test(kernel)

@@ -164,6 +164,16 @@ def test_missing_or_failing_compiler_falls_back(fresh_loader, monkeypatch, tmp_p
 
 
 @needs_amx
+def test_unwritable_cache_folder_builds_in_a_temp_folder(fresh_loader, monkeypatch, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(cpu_attention.CACHE_ENV, str(blocker / "cache"))
+    kernel, status = fresh_loader()
+    assert kernel is not None and status.available
+    assert kernel.library.parent.name.startswith("iclight-") and blocker.is_file()
+
+
+@needs_amx
 def test_library_is_built_once(tmp_path):
     compiler = cpu_attention.find_compiler()
     first = build_library(compiler, tmp_path)
