@@ -58,6 +58,17 @@ class Placement:
         return text
 
 
+def cpu_flags() -> set[str]:
+    """The CPU feature flags Linux reports in /proc/cpuinfo (empty elsewhere)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        return set()
+    for line in cpuinfo.read_text(errors="ignore").splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
 def cpu_has_native_bf16() -> bool:
     """True when the CPU has bf16 matrix units (AMX or AVX512-BF16), where bf16 beats fp32."""
     for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
@@ -68,11 +79,7 @@ def cpu_has_native_bf16() -> bool:
                     return True
             except RuntimeError:
                 pass
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        flags = cpuinfo.read_text(errors="ignore")
-        return "amx_bf16" in flags or "avx512_bf16" in flags
-    return False
+    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
 
 
 def _auto_device() -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -12,7 +14,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ICLIGHT_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 # The AMX attention kernel is compiled on first use: build it in a throwaway folder, not the user's cache.
-os.environ.setdefault("ICLIGHT_CACHE_DIR", tempfile.mkdtemp(prefix="iclight-test-cache-"))
+if "ICLIGHT_CACHE_DIR" not in os.environ:
+    os.environ["ICLIGHT_CACHE_DIR"] = tempfile.mkdtemp(prefix="iclight-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["ICLIGHT_CACHE_DIR"], ignore_errors=True)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
