@@ -214,20 +214,31 @@ class CPUAttnProcessor:
         if not self.is_plain(attn, hidden_states, attention_mask):
             return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        batch = hidden_states.shape[0]
         query, key, value = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
-        head_dim = key.shape[-1] // attn.heads
-        query, key, value = (t.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for t in (query, key, value))
-        out = None
-        if self.kernel is not None and self.kernel.supports(query, key, value):
-            try:
-                out = self.kernel(query, key, value)  # already [B, N, H, D]
-            except RuntimeError as exc:  # threads or memory could not be had: SDPA still gives the answer
-                logger.warning("%s; using SDPA for this call", exc)
-        if out is None:
-            out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False).transpose(1, 2)
-        out = out.reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+        out = attend(self.kernel, query, key, value, attn.heads, attn.scale)
         return attn.to_out[1](attn.to_out[0](out))
+
+
+def attend(
+    kernel: AmxAttention | None, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, heads: int, scale: float
+) -> torch.Tensor:
+    """softmax(q k^T * scale) v over `heads` heads: [B, N, heads*D] projections in, [B, Nq, heads*D] out.
+
+    The kernel runs what it supports; everything else, or a kernel call that fails, runs SDPA.
+    """
+    batch = query.shape[0]
+    head_dim = key.shape[-1] // heads
+    query, key, value = (t.unflatten(-1, (heads, head_dim)).transpose(1, 2) for t in (query, key, value))
+    out = None
+    if kernel is not None and kernel.supports(query, key, value):
+        try:
+            out = kernel(query, key, value, scale)  # already [B, N, H, D]
+        except RuntimeError as exc:  # threads or memory could not be had: SDPA still gives the answer
+            logger.warning("%s; using SDPA for this call", exc)
+    if out is None:
+        out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False, scale=scale)
+        out = out.transpose(1, 2)
+    return out.reshape(batch, -1, heads * head_dim).to(query.dtype)
 
 
 def install(unet: torch.nn.Module) -> KernelStatus:

@@ -33,6 +33,7 @@ class Placement:
     offload: bool = False  # low-VRAM: keep models on CPU, move each to the GPU only while it runs
     vae_tiling: bool = False  # low-VRAM: decode/encode the VAE in tiles
     cpu_attention: bool = False  # bf16 on CPU: try the AMX attention kernel (core/cpu_attention.py), else SDPA
+    cpu_fusion: bool = False  # bf16 on CPU: oneDNN packed weights and fused epilogues (core/cpu_fusion.py)
 
     @property
     def torch_device(self) -> torch.device:
@@ -136,6 +137,7 @@ def resolve_placement(device: str | None = "auto", dtype: str | None = "auto", l
         offload=low_vram and base != CPU,
         vae_tiling=low_vram and base != CPU,
         cpu_attention=base == CPU and unet == torch.bfloat16,
+        cpu_fusion=base == CPU and unet == torch.bfloat16,
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from core import cpu_attention
+from core import cpu_attention, cpu_fusion
 from core.devices import Placement, env_flag, release_cpu_memory, resolve_placement
 from core.loading import (
     DEFAULT_BASE_MODEL,
@@ -96,6 +96,7 @@ class ICLightModels:
     placement: Placement
     base_model: str
     attention: str = "SDPA"  # which attention the UNet runs ("AMX kernel (...)" or "SDPA (why)")
+    unet_ops: str = "eager"  # how the UNet's layers run ("fused oneDNN (...)" or "eager (why)")
 
     @property
     def device(self) -> torch.device:
@@ -104,7 +105,7 @@ class ICLightModels:
     def describe(self) -> str:
         return (
             f"base model {self.base_model} · IC-Light {self.variant.value} · {self.placement.describe()}"
-            f" · attention {self.attention}"
+            f" · attention {self.attention} · UNet {self.unet_ops}"
         )
 
     @contextlib.contextmanager
@@ -206,7 +207,7 @@ class ModelManager:
         text = f"base model {self.settings.base_model} · IC-Light {variant.value} ({state})"
         text += f" · {self.placement.describe()}"
         loaded = self._cache.get(self.cache_key(variant))
-        return f"{text} · attention {loaded.attention}" if loaded else text
+        return f"{text} · attention {loaded.attention} · UNet {loaded.unet_ops}" if loaded else text
 
     # -- loading -------------------------------------------------------------------------------------------------
 
@@ -248,6 +249,10 @@ class ModelManager:
         if placement.channels_last:
             unet.to(memory_format=torch.channels_last)
             vae.to(memory_format=torch.channels_last)
+        unet_ops = "eager"
+        if placement.cpu_fusion:  # after channels_last: the packed weights are opaque to .to()
+            kernel = cpu_attention.load_kernel()[0] if placement.cpu_attention else None
+            unet_ops = cpu_fusion.install(unet, kernel).reason
         if placement.vae_tiling and hasattr(vae, "enable_tiling"):
             vae.enable_tiling()
         release_cpu_memory()
@@ -260,4 +265,5 @@ class ModelManager:
             placement=placement,
             base_model=self.settings.base_model,
             attention=attention,
+            unet_ops=unet_ops,
         )

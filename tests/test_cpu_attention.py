@@ -301,7 +301,7 @@ def test_processor_survives_a_failing_kernel(caplog):
     class Failing:
         supports = staticmethod(lambda q, k, v: True)
 
-        def __call__(self, q, k, v):
+        def __call__(self, q, k, v, scale=None):
             raise RuntimeError("AMX attention kernel failed (code 2)")
 
     attn = attention_module()
@@ -312,3 +312,18 @@ def test_processor_survives_a_failing_kernel(caplog):
         attn.set_processor(CPUAttnProcessor(Failing()))
         got = attn(x)
     assert torch.equal(got, expected) and "using SDPA" in caplog.text
+
+
+def test_processor_honours_the_attention_scale():
+    """An Attention built with scale_qk=False scores with scale 1, as diffusers' own AttnProcessor does."""
+    from diffusers.models.attention_processor import Attention, AttnProcessor
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=64, heads=2, dim_head=32, scale_qk=False).eval()
+    x = torch.randn(1, 50, 64)
+    with torch.inference_mode():
+        attn.set_processor(AttnProcessor())
+        expected = attn(x)
+        attn.set_processor(CPUAttnProcessor(None))
+        got = attn(x)
+    assert attn.scale == 1.0 and torch.allclose(got, expected, atol=1e-5)

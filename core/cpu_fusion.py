@@ -1,0 +1,370 @@
+"""The bf16 CPU UNet with oneDNN weights packed once and bias, GELU and residual adds fused into the matmuls.
+
+PyTorch's eager `conv2d`/`linear` reorder each weight into oneDNN's blocked layout on every call (a third to a half
+of a 1280-channel conv's time on a two-core machine), and diffusers writes bias adds, GELU, the GEGLU product,
+residual adds and NHWC<->NCHW copies as separate passes over memory. On a CPU whose matrix units outrun its memory
+those passes cost as much as the matmuls. Here, once at load time (what `torch.compile`'s freezing does, without
+its minutes of compilation):
+
+- every `Conv2d`/`Linear` keeps its weight in oneDNN's layout and runs `mkldnn._convolution_pointwise` /
+  `_linear_pointwise` with the bias in the epilogue;
+- GEGLU runs as two half-width GEMMs: gate with GELU in its epilogue, value with the product in its epilogue, so
+  the double-width projection is never written;
+- ResnetBlock2D adds its shortcut in conv2's epilogue and folds the time embedding into conv1's bias (classifier-
+  free guidance runs both halves at one timestep, so the embedding is one vector);
+- Transformer2DModel runs its 1x1 projections as GEMMs on the NHWC tokens (no layout copies) with the residual
+  in proj_out's epilogue, and each attention and feed-forward adds its residual in its output GEMM's epilogue.
+
+The math is the same, rounded to bf16 at fewer points. Modules whose configuration is not SD 1.5's, and calls with
+masks, extra attention arguments or training mode, run diffusers' own forward on the same packed weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core import cpu_attention
+
+logger = logging.getLogger(__name__)
+
+MODE_ENV = "ICLIGHT_CPU_FUSION"  # auto (default) or off
+MODES = ("auto", "off")
+PACK_ROWS = 4096  # typical GEMM row count, a hint for oneDNN's weight layout (results do not depend on it)
+_OPS = ("_reorder_linear_weight", "_linear_pointwise", "_reorder_convolution_weight", "_convolution_pointwise")
+
+
+@dataclass(frozen=True)
+class FusionStatus:
+    """Whether the UNet runs the fused oneDNN path, and why not when it does not."""
+
+    applied: bool
+    reason: str  # one line for logs and status lines
+
+
+def _mkldnn():
+    return torch.ops.mkldnn
+
+
+def unavailable_reason(dtype: torch.dtype) -> str | None:
+    """Why this PyTorch build cannot run the fused path for `dtype`; None when it can."""
+    if not torch.backends.mkldnn.is_available():
+        return "this PyTorch build has no oneDNN"
+    if any(not hasattr(_mkldnn(), op) for op in _OPS):
+        return "this PyTorch build lacks oneDNN's packed-weight ops"
+    if dtype == torch.bfloat16 and not _mkldnn()._is_mkldnn_bf16_supported():
+        return "oneDNN has no bf16 on this CPU"
+    return None
+
+
+class PackedLinear(nn.Module):
+    """`nn.Linear` with its weight in oneDNN's layout; optional GELU or residual add/product in the epilogue."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        # Plain attributes, not parameters: the packed layout is opaque to state_dict and .to().
+        self.packed = _mkldnn()._reorder_linear_weight(weight.detach().contiguous(), PACK_ROWS)
+        self.bias = None if bias is None else bias.detach().clone()
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> PackedLinear:
+        return cls(linear.weight, linear.bias)
+
+    @staticmethod
+    def supports(module: nn.Module) -> bool:
+        return type(module) is nn.Linear and module.weight.device.type == "cpu"
+
+    def forward(self, x: torch.Tensor, other: torch.Tensor | None = None, op: str = "add") -> torch.Tensor:
+        """x W^T + b, then `op` ("add" or "mul") with `other` when given."""
+        if other is not None:
+            return _mkldnn()._linear_pointwise.binary(x, other, self.packed, self.bias, op)
+        return _mkldnn()._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+    def gelu(self, x: torch.Tensor) -> torch.Tensor:
+        """gelu(x W^T + b), exact (erf) GELU as `F.gelu`."""
+        return _mkldnn()._linear_pointwise(x, self.packed, self.bias, "gelu", [], "none")
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class PackedConv2d(nn.Module):
+    """`nn.Conv2d` with its weight in oneDNN's layout; optional residual add in the epilogue and bias override."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size = conv.kernel_size
+        self.geometry = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+        weight = conv.weight.detach().contiguous(memory_format=torch.channels_last)
+        self.packed = _mkldnn()._reorder_convolution_weight(weight, *self.geometry, None)
+        self.bias = None if conv.bias is None else conv.bias.detach().clone()
+
+    @staticmethod
+    def supports(conv: nn.Module) -> bool:
+        return (
+            type(conv) is nn.Conv2d
+            and conv.padding_mode == "zeros"
+            and not isinstance(conv.padding, str)
+            and conv.weight.device.type == "cpu"
+        )
+
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """conv(x) + bias (+ residual in the epilogue); `bias` replaces the module's own when given."""
+        bias = self.bias if bias is None else bias
+        if residual is not None:
+            return _mkldnn()._convolution_pointwise.binary(
+                x, residual, self.packed, bias, *self.geometry, "add", None, None, [], None
+            )
+        return _mkldnn()._convolution_pointwise(x, self.packed, bias, *self.geometry, "none", [], "")
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, bias={self.bias is not None}"
+
+
+class FusedGEGLU(nn.Module):
+    """diffusers GEGLU, value * gelu(gate), as two half-width GEMMs with GELU and the product in their epilogues."""
+
+    def __init__(self, geglu: nn.Module) -> None:
+        super().__init__()
+        weight, bias = geglu.proj.weight.detach(), geglu.proj.bias
+        half = weight.shape[0] // 2  # diffusers' chunk(2): value first, gate second
+        self.value = PackedLinear(weight[:half], None if bias is None else bias[:half])
+        self.gate = PackedLinear(weight[half:], None if bias is None else bias[half:])
+
+    @staticmethod
+    def supports(module: nn.Module) -> bool:
+        from diffusers.models.activations import GEGLU
+
+        return type(module) is GEGLU and isinstance(module.proj, nn.Linear)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return self.value(x, self.gate.gelu(x), op="mul")
+
+
+class FusedResnetBlock2D(nn.Module):
+    """diffusers ResnetBlock2D as SD 1.5 configures it, with the shortcut added in conv2's epilogue."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block  # its convs are packed too; its own forward runs whatever this one does not take
+
+    @staticmethod
+    def supports(block: nn.Module) -> bool:
+        from diffusers.models.resnet import ResnetBlock2D
+
+        return (
+            type(block) is ResnetBlock2D
+            and block.time_embedding_norm == "default"
+            and block.upsample is None
+            and block.downsample is None
+            and block.output_scale_factor == 1.0
+            and not block.skip_time_act
+            and isinstance(block.nonlinearity, nn.SiLU)
+            and type(block.norm1) is type(block.norm2) is nn.GroupNorm
+        )
+
+    def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | None, *args, **kwargs) -> torch.Tensor:
+        b = self.block
+        if b.training or args or kwargs or not isinstance(b.conv1, PackedConv2d):
+            return b(input_tensor, temb, *args, **kwargs)
+        hidden = F.silu(b.norm1(input_tensor), inplace=True)
+        shift = None
+        if temb is not None and b.time_emb_proj is not None:
+            shift = b.time_emb_proj(F.silu(temb))
+        if shift is not None and (shift.shape[0] == 1 or bool((shift == shift[:1]).all())):
+            # One timestep for the whole batch: the embedding is a per-channel constant, i.e. part of the bias.
+            bias = shift[0] if b.conv1.bias is None else b.conv1.bias.float() + shift[0].float()
+            hidden = b.conv1(hidden, bias=bias.to(hidden.dtype))
+        else:
+            hidden = b.conv1(hidden)
+            if shift is not None:
+                hidden = hidden + shift[:, :, None, None]
+        hidden = F.silu(b.norm2(hidden), inplace=True)
+        shortcut = input_tensor if b.conv_shortcut is None else b.conv_shortcut(input_tensor)
+        return b.conv2(hidden, residual=shortcut)
+
+
+def _plain_attention(attn: nn.Module) -> bool:
+    """A diffusers Attention with nothing SD 1.5 lacks (no norms, no residual inside, no custom processor)."""
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+    return (
+        type(attn) is Attention
+        and isinstance(attn.processor, (AttnProcessor2_0, cpu_attention.CPUAttnProcessor))
+        and attn.spatial_norm is None
+        and attn.group_norm is None
+        and not attn.norm_cross
+        and attn.norm_q is None
+        and attn.norm_k is None
+        and not attn.residual_connection
+        and attn.rescale_output_factor == 1.0
+        and len(attn.to_out) == 2
+        and isinstance(attn.to_out[1], nn.Dropout)
+    )
+
+
+def _plain_transformer_block(block: nn.Module) -> bool:
+    """A diffusers BasicTransformerBlock as SD 1.5 configures it."""
+    from diffusers.models.attention import BasicTransformerBlock
+
+    ff = getattr(block, "ff", None)
+    return (
+        type(block) is BasicTransformerBlock
+        and block.norm_type == "layer_norm"
+        and block.pos_embed is None
+        and not block.only_cross_attention
+        and block.attn2 is not None
+        and getattr(block, "fuser", None) is None
+        and block._chunk_size is None
+        and all(type(n) is nn.LayerNorm for n in (block.norm1, block.norm2, block.norm3))
+        and _plain_attention(block.attn1)
+        and _plain_attention(block.attn2)
+        and ff is not None
+        and len(ff.net) == 3
+        and FusedGEGLU.supports(ff.net[0])
+        and isinstance(ff.net[1], nn.Dropout)
+        and isinstance(ff.net[2], nn.Linear)
+    )
+
+
+class FusedTransformer2D(nn.Module):
+    """diffusers Transformer2DModel (continuous input, SD 1.5 blocks) on NHWC tokens with fused residuals."""
+
+    def __init__(self, model: nn.Module, kernel: cpu_attention.AmxAttention | None) -> None:
+        super().__init__()
+        self.model = model  # its layers are packed too; its own forward runs whatever this one does not take
+        self.kernel = kernel
+
+    @staticmethod
+    def supports(model: nn.Module) -> bool:
+        from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+        return (
+            type(model) is Transformer2DModel
+            and model.is_input_continuous
+            and type(model.norm) is nn.GroupNorm
+            and all(_is_pointwise(p) for p in (model.proj_in, model.proj_out))
+            and len(model.transformer_blocks) > 0
+            and all(_plain_transformer_block(b) for b in model.transformer_blocks)
+        )
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        timestep: torch.Tensor | None = None,
+        added_cond_kwargs: dict | None = None,
+        class_labels: torch.Tensor | None = None,
+        cross_attention_kwargs: dict | None = None,
+        attention_mask: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ):
+        m = self.model
+        extras = (timestep, added_cond_kwargs, class_labels, attention_mask, encoder_attention_mask)
+        packed = isinstance(m.proj_out, (PackedConv2d, PackedLinear))
+        if m.training or not packed or cross_attention_kwargs or any(e is not None for e in extras):
+            return m(hidden_states, encoder_hidden_states, timestep, added_cond_kwargs, class_labels,
+                              cross_attention_kwargs, attention_mask, encoder_attention_mask, return_dict)  # fmt: skip
+        batch, channels, height, width = hidden_states.shape
+        # NCHW tensors in channels_last memory are NHWC tokens: these permutes and reshapes are free.
+        tokens = lambda t: t.permute(0, 2, 3, 1).reshape(batch, height * width, t.shape[1])  # noqa: E731
+        image = lambda t: t.view(batch, height, width, t.shape[-1]).permute(0, 3, 1, 2)  # noqa: E731
+        normed = m.norm(hidden_states)
+        hidden = m.proj_in(tokens(normed)) if m.use_linear_projection else tokens(m.proj_in(normed))
+        for block in m.transformer_blocks:
+            hidden = self._block(block, hidden, encoder_hidden_states)
+        if m.use_linear_projection:
+            out = image(m.proj_out(hidden, tokens(hidden_states)))
+        else:  # the 1x1 conv on the NHWC tokens, residual in its epilogue
+            out = m.proj_out(image(hidden), hidden_states)
+        if not return_dict:
+            return (out,)
+        from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+        return Transformer2DModelOutput(sample=out)
+
+    def _block(self, block: nn.Module, hidden: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        """BasicTransformerBlock: self-attention, cross-attention, GEGLU feed-forward, each with its residual."""
+        hidden = self._attention(block.attn1, block.norm1(hidden), None, hidden)
+        hidden = self._attention(block.attn2, block.norm2(hidden), context, hidden)
+        return block.ff.net[2](block.ff.net[0](block.norm3(hidden)), hidden)
+
+    def _attention(
+        self, attn: nn.Module, x: torch.Tensor, context: torch.Tensor | None, residual: torch.Tensor
+    ) -> torch.Tensor:
+        context = x if context is None else context
+        out = cpu_attention.attend(self.kernel, attn.to_q(x), attn.to_k(context), attn.to_v(context), attn.heads,
+                                   attn.scale)  # fmt: skip
+        return attn.to_out[0](out, residual)
+
+
+def _is_pointwise(module: nn.Module) -> bool:
+    """A Linear, or a 1x1 Conv2d that is one (stride 1, no padding, no groups)."""
+    if type(module) is nn.Linear:
+        return True
+    return (
+        type(module) is nn.Conv2d
+        and module.kernel_size == (1, 1)
+        and module.stride == (1, 1)
+        and module.padding == (0, 0)
+        and module.groups == 1
+    )
+
+
+def _swap(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
+
+
+def fuse_unet(unet: nn.Module, kernel: cpu_attention.AmxAttention | None = None) -> dict[str, int]:
+    """Rewrite a diffusers UNet in place for the fused path; returns how many modules of each kind changed.
+
+    Blocks are wrapped first, then GEGLUs and every remaining Conv2d and Linear are packed one at a time, each
+    original dropped as soon as its packed copy is in place (so the weights are never held twice).
+    """
+    counts = {"transformers": 0, "resnets": 0, "geglu": 0, "conv": 0, "linear": 0}
+    wrappers = ((FusedTransformer2D, "transformers", lambda m: FusedTransformer2D(m, kernel)),
+                (FusedResnetBlock2D, "resnets", FusedResnetBlock2D))  # fmt: skip
+    packers = ((FusedGEGLU, "geglu", FusedGEGLU), (PackedConv2d, "conv", PackedConv2d),
+               (PackedLinear, "linear", PackedLinear.from_linear))  # fmt: skip
+    for stage in (wrappers, packers):
+        names = [name for name, _ in unet.named_modules()]  # names only: no references that keep weights alive
+        for name in names:
+            try:
+                module = unet.get_submodule(name)
+            except AttributeError:  # inside a module this stage already replaced
+                continue
+            for cls, kind, make in stage:
+                if cls.supports(module):
+                    _swap(unet, name, make(module))
+                    counts[kind] += 1
+                    break
+            del module
+    return counts
+
+
+def install(unet: nn.Module, kernel: cpu_attention.AmxAttention | None = None) -> FusionStatus:
+    """Fuse a bf16/fp32 CPU UNet when this PyTorch can; returns what was done (or why not) for the status line."""
+    mode = os.environ.get(MODE_ENV, "auto").strip().lower()
+    if mode not in MODES:
+        logger.warning("%s should be one of %s but is %r; using auto", MODE_ENV, ", ".join(MODES), mode)
+    if mode == "off":
+        return FusionStatus(False, f"eager ({MODE_ENV}=off)")
+    dtype = next(unet.parameters()).dtype
+    reason = unavailable_reason(dtype)
+    if reason is not None:
+        return FusionStatus(False, f"eager ({reason})")
+    with torch.no_grad():
+        counts = fuse_unet(unet, kernel)
+    logger.info("fused CPU UNet: %s", counts)
+    return FusionStatus(True, f"fused oneDNN ({counts['transformers']} transformers, {counts['resnets']} resnets)")

@@ -1,0 +1,268 @@
+"""The fused oneDNN UNet: same outputs as diffusers' eager modules, every layer packed, fallbacks, and the wiring."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core import cpu_attention, cpu_fusion
+from core.cpu_fusion import (
+    FusedGEGLU,
+    FusedResnetBlock2D,
+    FusedTransformer2D,
+    FusionStatus,
+    PackedConv2d,
+    PackedLinear,
+    fuse_unet,
+)
+
+pytestmark = pytest.mark.skipif(
+    cpu_fusion.unavailable_reason(torch.float32) is not None, reason="this PyTorch build has no oneDNN"
+)
+
+
+def small_unet(**overrides):
+    """A small SD 1.5-shaped UNet: conv and linear projections, GEGLU, resnets with shortcuts, up/down samplers."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    config = dict(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=16,
+        in_channels=8,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=24,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    unet = UNet2DConditionModel(**{**config, **overrides}).eval()
+    with torch.no_grad():  # non-zero biases and norms everywhere, so a dropped bias or residual shows
+        for p in unet.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return unet
+
+
+def pair(unet, dtype):
+    """(eager, fused) copies of `unet` in `dtype`, channels_last as on the CPU path."""
+    eager = copy.deepcopy(unet).to(dtype).to(memory_format=torch.channels_last)
+    fused = copy.deepcopy(eager)
+    fuse_unet(fused)
+    return eager, fused
+
+
+def inputs(dtype, batch=2, size=(24, 16), seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 8, *size, generator=gen).to(dtype)
+    context = torch.randn(batch, 77, 24, generator=gen).to(dtype)
+    return x, context
+
+
+def run(unet, x, timestep, context, **kwargs):
+    with torch.inference_mode():
+        return unet(x, timestep, context, **kwargs).sample.float()
+
+
+@pytest.mark.parametrize("timestep", [torch.tensor(500), torch.tensor([500, 20])], ids=["one-timestep", "per-sample"])
+def test_fused_fp32_matches_eager(timestep):
+    """In fp32 the rewrite is the same math: one timestep (embedding folded into conv1's bias) and per-sample."""
+    eager, fused = pair(small_unet(), torch.float32)
+    x, context = inputs(torch.float32)
+    expected, got = run(eager, x, timestep, context), run(fused, x, timestep, context)
+    assert torch.allclose(got, expected, atol=2e-5, rtol=1e-4), (got - expected).abs().max()
+
+
+def test_fused_bf16_is_as_close_to_fp32_as_eager_bf16():
+    """In bf16, fused and eager differ only by rounding: both land as close to the fp32 answer."""
+    unet = small_unet()
+    exact = run(copy.deepcopy(unet), *inputs(torch.float32)[:1], torch.tensor(300), inputs(torch.float32)[1])
+    eager, fused = pair(unet, torch.bfloat16)
+    x, context = inputs(torch.bfloat16)
+    err_eager = (run(eager, x, torch.tensor(300), context) - exact).norm() / exact.norm()
+    err_fused = (run(fused, x, torch.tensor(300), context) - exact).norm() / exact.norm()
+    assert err_fused < max(1.5 * err_eager, 1e-3), (err_fused, err_eager)
+
+
+def test_other_sizes_and_batches_after_packing():
+    """Packed weights are not tied to one input size: the high-res pass and batch 1 give the same answers."""
+    eager, fused = pair(small_unet(), torch.float32)
+    for batch, size in ((1, (40, 32)), (3, (8, 8))):
+        x, context = inputs(torch.float32, batch=batch, size=size, seed=batch)
+        expected, got = run(eager, x, torch.tensor(7), context), run(fused, x, torch.tensor(7), context)
+        assert torch.allclose(got, expected, atol=2e-5, rtol=1e-4)
+
+
+def test_every_layer_is_packed_and_no_weight_is_held_twice():
+    from diffusers.models.activations import GEGLU
+    from diffusers.models.resnet import ResnetBlock2D
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+    unet = small_unet()
+    before = sum(p.numel() for p in unet.parameters())
+    kinds = lambda cls: sum(type(m) is cls for m in unet.modules())  # noqa: E731
+    # Each GEGLU's projection becomes one FusedGEGLU (two packed halves), not a PackedLinear.
+    expected = {"transformers": kinds(Transformer2DModel), "resnets": kinds(ResnetBlock2D), "geglu": kinds(GEGLU),
+                "conv": kinds(nn.Conv2d), "linear": kinds(nn.Linear) - kinds(GEGLU)}  # fmt: skip
+    assert expected["transformers"] == 6 and expected["resnets"] == 12  # 2 + 3 + mid; 4 + 6 + 2 in mid
+    assert fuse_unet(unet) == expected
+    assert not [m for m in unet.modules() if type(m) in (nn.Linear, nn.Conv2d)]
+    assert kinds(FusedTransformer2D) == expected["transformers"] and kinds(FusedResnetBlock2D) == expected["resnets"]
+    # What remains as parameters are the norms; the matmul weights live only in their packed copies.
+    remaining = sum(p.numel() for p in unet.parameters())
+    norm_modules = [m for m in unet.modules() if isinstance(m, (nn.GroupNorm, nn.LayerNorm))]
+    norms = sum(p.numel() for m in norm_modules for p in m.parameters())
+    assert remaining == norms and remaining < before / 50
+    assert unet.conv_in.in_channels == 8 and unet.dtype == torch.float32  # what the pipeline reads
+
+
+def test_linear_projection_transformers_are_fused_too():
+    """SD 2-style blocks (linear proj_in/proj_out) take the token path."""
+    unet = small_unet(use_linear_projection=True)
+    eager, fused = pair(unet, torch.float32)
+    assert any(isinstance(m, FusedTransformer2D) for m in fused.modules())
+    x, context = inputs(torch.float32)
+    assert torch.allclose(run(fused, x, torch.tensor(5), context), run(eager, x, torch.tensor(5), context), atol=2e-5)
+
+
+def test_unusual_blocks_keep_their_own_forward_on_packed_weights():
+    """A scale-shift resnet is not SD 1.5's: not wrapped, but its convs are packed and it agrees."""
+    unet = small_unet(resnet_time_scale_shift="scale_shift")
+    eager, fused = pair(unet, torch.float32)
+    assert not any(isinstance(m, FusedResnetBlock2D) for m in fused.modules())
+    assert any(isinstance(m, PackedConv2d) for m in fused.modules())
+    x, context = inputs(torch.float32)
+    assert torch.allclose(run(fused, x, torch.tensor(5), context), run(eager, x, torch.tensor(5), context), atol=2e-5)
+
+
+def test_masks_and_attention_kwargs_fall_back_to_diffusers():
+    """A cross-attention mask is not the fused path's: the wrapped model's own forward answers, masked correctly."""
+    eager, fused = pair(small_unet(), torch.float32)
+    x, context = inputs(torch.float32)
+    mask = torch.ones(2, 77)
+    mask[:, 40:] = 0
+    expected = run(eager, x, torch.tensor(5), context, encoder_attention_mask=mask)
+    got = run(fused, x, torch.tensor(5), context, encoder_attention_mask=mask)
+    assert torch.allclose(got, expected, atol=2e-5, rtol=1e-4)
+    assert not torch.allclose(got, run(fused, x, torch.tensor(5), context), atol=1e-3)  # the mask mattered
+
+
+def test_training_mode_runs_diffusers_forward():
+    eager, fused = pair(small_unet(), torch.float32)
+    block = next(m for m in fused.modules() if isinstance(m, FusedResnetBlock2D))
+    block.train()
+    x = torch.randn(2, 32, 8, 8)
+    temb = torch.randn(2, 128)
+    calls = []
+    handle = block.block.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        block(x, temb)
+    handle.remove()
+    assert calls == [1]
+
+
+def test_packed_linear_epilogues():
+    gen = torch.Generator().manual_seed(0)
+    x, other = torch.randn(3, 5, 16, generator=gen), torch.randn(3, 5, 12, generator=gen)
+    linear = nn.Linear(16, 12)
+    packed = PackedLinear.from_linear(linear)
+    with torch.no_grad():
+        ref = linear(x)
+        assert torch.allclose(packed(x), ref, atol=1e-5)
+        assert torch.allclose(packed(x, other), ref + other, atol=1e-5)
+        assert torch.allclose(packed(x, other, op="mul"), ref * other, atol=1e-5)
+        assert torch.allclose(packed.gelu(x), F.gelu(ref), atol=1e-5)  # exact (erf) GELU, as diffusers' GEGLU
+        assert torch.allclose(packed(x, other.transpose(0, 1).contiguous().transpose(0, 1)), ref + other, atol=1e-5)
+
+
+def test_packed_conv_geometry_residual_and_bias_override():
+    gen = torch.Generator().manual_seed(0)
+    for conv in (nn.Conv2d(6, 10, 3, padding=1), nn.Conv2d(6, 10, 3, stride=2, padding=1), nn.Conv2d(6, 10, 1)):
+        x = torch.randn(2, 6, 9, 7, generator=gen).to(memory_format=torch.channels_last)
+        packed = PackedConv2d(conv)
+        with torch.no_grad():
+            ref = conv(x)
+            residual = torch.randn(ref.shape, generator=gen)
+            bias = torch.randn(10, generator=gen)
+            assert torch.allclose(packed(x), ref, atol=1e-5)
+            assert torch.allclose(packed(x, residual), ref + residual, atol=1e-5)
+            rebiased = ref - conv.bias[:, None, None] + bias[:, None, None]
+            assert torch.allclose(packed(x, bias=bias), rebiased, atol=1e-5)
+    assert not PackedConv2d.supports(nn.Conv2d(3, 3, 3, padding=1, padding_mode="reflect"))
+    assert not PackedConv2d.supports(nn.Conv2d(3, 3, 3, padding="same"))
+
+
+def test_fused_geglu_matches_diffusers():
+    from diffusers.models.activations import GEGLU
+
+    torch.manual_seed(0)
+    geglu = GEGLU(16, 24)
+    x = torch.randn(2, 7, 16)
+    with torch.no_grad():
+        assert torch.allclose(FusedGEGLU(geglu)(x), geglu(x), atol=1e-5)
+
+
+def test_install_respects_the_switch_and_reports_missing_onednn(monkeypatch):
+    unet = small_unet()
+    monkeypatch.setenv(cpu_fusion.MODE_ENV, "off")
+    assert cpu_fusion.install(unet) == FusionStatus(False, "eager (ICLIGHT_CPU_FUSION=off)")
+    monkeypatch.setenv(cpu_fusion.MODE_ENV, "auto")
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    assert cpu_fusion.install(unet) == FusionStatus(False, "eager (this PyTorch build has no oneDNN)")
+    assert not any(isinstance(m, (PackedConv2d, PackedLinear)) for m in unet.modules())
+
+
+def test_install_reports_what_it_fused():
+    status = cpu_fusion.install(small_unet())
+    assert status == FusionStatus(True, "fused oneDNN (6 transformers, 12 resnets)")
+
+
+def test_manager_fuses_bf16_cpu_and_relights(tiny_paths, fg_image):
+    """The bf16 CPU placement loads the fused UNet through the real loader, and a relight runs end to end on it."""
+    if cpu_fusion.unavailable_reason(torch.bfloat16):
+        pytest.skip(f"bf16 fusion unavailable here: {cpu_fusion.unavailable_reason(torch.bfloat16)}")
+    from core.manager import ModelManager, ModelSettings
+    from core.params import RelightParams
+    from core.pipeline import relight
+
+    settings = ModelSettings(base_model=str(tiny_paths["base"]), models_dir=tiny_paths["models"], device="cpu",
+                             dtype="bf16", download=False)  # fmt: skip
+    manager = ModelManager(settings)
+    assert manager.placement.cpu_fusion
+    models = manager.get("fc")
+    assert models.unet_ops.startswith("fused oneDNN") and "UNet fused oneDNN" in manager.describe("fc")
+    params = RelightParams.for_mode("fc", prompt="sunlight", width=64, height=64, steps=2, seed=3)
+    out = relight(models, fg_image, params)
+    assert out.images[0].shape == (128, 128, 3) and out.images[0].dtype == np.uint8
+    assert out.images[0].std() > 0
+
+
+def test_fp32_keeps_eager_modules(fc_models):
+    """The seed-exact fp32 path is never rewritten."""
+    assert not fc_models.placement.cpu_fusion and fc_models.unet_ops == "eager"
+    assert not any(isinstance(m, (PackedConv2d, PackedLinear)) for m in fc_models.unet.modules())
+
+
+@pytest.mark.skipif(not all(f in cpu_attention.cpu_flags() for f in cpu_attention.CPU_FLAGS), reason="no AMX here")
+def test_fused_transformers_run_the_amx_kernel(monkeypatch):
+    """Head size 40 at 4,096 tokens: the fused blocks send attention to the AMX kernel and still agree with eager."""
+    kernel, status = cpu_attention.load_kernel()
+    assert kernel is not None, status.reason
+    unet = small_unet(block_out_channels=(80, 160), attention_head_dim=2, sample_size=64, cross_attention_dim=24)
+    eager = unet.to(torch.bfloat16).to(memory_format=torch.channels_last)
+    fused = copy.deepcopy(eager)
+    fuse_unet(fused, kernel)
+    calls = []
+    original = cpu_attention.AmxAttention.__call__
+    record = lambda self, *a: calls.append(a[0].shape) or original(self, *a)  # noqa: E731
+    monkeypatch.setattr(cpu_attention.AmxAttention, "__call__", record)
+    x, context = inputs(torch.bfloat16, batch=1, size=(64, 64))
+    expected, got = run(eager, x, torch.tensor(10), context), run(fused, x, torch.tensor(10), context)
+    assert calls and all(shape[-2:] == (4096, 40) for shape in calls)
+    assert (got - expected).norm() / expected.norm() < 0.02
