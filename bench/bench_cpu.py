@@ -139,7 +139,8 @@ def worker(recipe: str, folder: Path, width: int, height: int, steps: int, unet_
             models.unet(latents, torch.tensor(500), embeds, concat)
             step_times.append(time.perf_counter() - t)
     result = {"recipe": recipe, "placement": placement.describe(), "attention": models.attention, "load_s": load_s,
-              "unet_ops": models.unet_ops, "unet_step_s": statistics.median(step_times)}  # fmt: skip
+              "unet_ops": models.unet_ops, "allocator": os.environ.get("ICLIGHT_CPU_ALLOCATOR", "tuned"),
+              "unet_step_s": statistics.median(step_times)}  # fmt: skip
     if e2e:
         fg = (np.random.RandomState(0).rand(height, width, 3) * 255).astype(np.uint8)
         params = RelightParams.for_mode("fc", prompt="a cat, sunset over sea", width=width, height=height, steps=steps)
@@ -210,7 +211,9 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--worker", recipe, "--width", str(args.width), "--height",
                str(args.height), "--steps", str(args.steps), "--unet-steps", str(args.unet_steps), "--cache-dir",
                str(args.cache_dir)] + (["--no-e2e"] if args.no_e2e else [])  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        # The reference keeps glibc's allocator defaults, as the official demo runs; ours tunes it (core/devices.py).
+        env = {**os.environ, "ICLIGHT_CPU_ALLOCATOR": "system" if recipe == "reference" else "tuned"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if proc.returncode or line is None:
             sys.exit(f"{recipe} failed:\n{proc.stderr[-3000:]}")
@@ -227,7 +230,7 @@ def print_table(results: dict, peak: dict, flops: int, args) -> None:
         print(f"{name:<10} {r['placement']:<48} {r['load_s']:>7.1f} {r['unet_step_s']:>11.2f} {e2e:>12} "
               f"{r['peak_rss_gb']:>8.2f}")  # fmt: skip
     for name, r in results.items():
-        print(f"{name} attention: {r['attention']}; UNet layers: {r['unet_ops']}")
+        print(f"{name} attention: {r['attention']}; UNet layers: {r['unet_ops']}; allocator: {r['allocator']}")
     if "ours" in results:
         ours = results["ours"]
         limit = flops / (peak["bf16"] * 1e12)

@@ -339,14 +339,21 @@ def fuse_unet(unet: nn.Module, kernel: cpu_attention.AmxAttention | None = None)
                (PackedLinear, "linear", PackedLinear.from_linear))  # fmt: skip
     for stage in (wrappers, packers):
         names = [name for name, _ in unet.named_modules()]  # names only: no references that keep weights alive
+        wrapped = [
+            name + "." for name, m in unet.named_modules() if isinstance(m, (FusedTransformer2D, FusedResnetBlock2D))
+        ]
         for name in names:
+            if stage is wrappers and any(name.startswith(w) for w in wrapped):  # fused before: never wrap twice
+                continue
             try:
                 module = unet.get_submodule(name)
             except AttributeError:  # inside a module this stage already replaced
                 continue
             for cls, kind, make in stage:
                 if cls.supports(module):
-                    _swap(unet, name, make(module))
+                    replacement = make(module)
+                    replacement.train(module.training)
+                    _swap(unet, name, replacement)
                     counts[kind] += 1
                     break
             del module

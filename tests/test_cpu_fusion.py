@@ -266,3 +266,15 @@ def test_fused_transformers_run_the_amx_kernel(monkeypatch):
     expected, got = run(eager, x, torch.tensor(10), context), run(fused, x, torch.tensor(10), context)
     assert calls and all(shape[-2:] == (4096, 40) for shape in calls)
     assert (got - expected).norm() / expected.norm() < 0.02
+
+
+def test_fusing_twice_changes_nothing():
+    """install() on an already fused UNet (a second manager over the same modules) neither re-wraps nor breaks it."""
+    eager, fused = pair(small_unet(), torch.float32)
+    x, context = inputs(torch.float32)
+    before = run(fused, x, torch.tensor(9), context)
+    assert fuse_unet(fused) == {"transformers": 0, "resnets": 0, "geglu": 0, "conv": 0, "linear": 0}
+    resnets = [m for m in fused.modules() if isinstance(m, FusedResnetBlock2D)]
+    assert resnets and not any(isinstance(m.block, FusedResnetBlock2D) for m in resnets)
+    assert torch.equal(run(fused, x, torch.tensor(9), context), before)
+    assert all(not m.training for m in fused.modules())  # wrappers inherit eval mode
