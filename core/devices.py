@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,8 +154,9 @@ def env_flag(name: str, default: bool = False) -> bool:
 ALLOCATOR_ENV = "ICLIGHT_CPU_ALLOCATOR"  # "tuned" (default) or "system"
 ALLOCATOR_MODES = ("tuned", "system")
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
-HEAP_UP_TO = 1 << 30  # tensors up to 1 GiB come from the reusable heap, not from fresh memory maps
-_INT_MAX = 2**31 - 1
+HEAP_UP_TO = 256 << 20  # while the UNet samples: tensors up to this size come from the reusable heap
+HEAP_KEEP = 256 << 20  # ... and this much free memory stays at the top of the heap
+GLIBC_MMAP_MAX, GLIBC_TRIM = 32 << 20, 64 << 20  # glibc's own settings once warmed up, restored afterwards
 
 
 def _glibc_function(name: str):
@@ -170,25 +173,33 @@ def _glibc_function(name: str):
         return None
 
 
-def tune_cpu_allocator() -> str:
-    """Keep big tensors in glibc's heap so they are reused instead of page-faulted in again on every call.
+@contextlib.contextmanager
+def kept_heap(enabled: bool = True) -> Iterator[str]:
+    """While the UNet samples on CPU, keep its big tensors in glibc's heap so they are reused, not page-faulted in.
 
     glibc serves allocations over 32 MB with fresh memory maps and returns them on free, so each high-res UNet
-    activation (60-190 MB) costs its size in page faults every time: ~4x the matmul itself on a 2-core machine.
-    Freed heap memory is handed back by `release_cpu_memory()` at the points where that matters. Returns the mode
-    in use; `ICLIGHT_CPU_ALLOCATOR=system` keeps glibc's defaults.
+    activation over 32 MB costs its size in page faults on every call: ~4x the matmul itself on a 2-core machine.
+    On exit glibc's settings come back and the freed heap is handed back, so the VAE and the idle app keep their
+    usual footprint. Yields the mode in use; `ICLIGHT_CPU_ALLOCATOR=system` keeps glibc's defaults throughout.
     """
-    mode = os.environ.get(ALLOCATOR_ENV, "tuned").strip().lower()
+    mode = os.environ.get(ALLOCATOR_ENV, "tuned").strip().lower() if enabled else "system"
     if mode not in ALLOCATOR_MODES:
         logger.warning("%s should be one of %s but is %r; using tuned", ALLOCATOR_ENV, "/".join(ALLOCATOR_MODES), mode)
-    if mode == "system":
-        return "system"
-    mallopt = _glibc_function("mallopt")
-    if mallopt is None:
-        return "system (not glibc)"
-    if not (mallopt(_M_MMAP_THRESHOLD, HEAP_UP_TO) == 1 and mallopt(_M_TRIM_THRESHOLD, _INT_MAX) == 1):
-        return "system (glibc refused the settings)"
-    return "tuned"
+        mode = "tuned"
+    mallopt = _glibc_function("mallopt") if mode == "tuned" else None
+    if mode == "tuned" and mallopt is None:
+        mode = "system (not glibc)"
+    elif mallopt is not None and not (
+        mallopt(_M_MMAP_THRESHOLD, HEAP_UP_TO) == 1 and mallopt(_M_TRIM_THRESHOLD, HEAP_KEEP) == 1
+    ):
+        mode = "system (glibc refused the settings)"
+    try:
+        yield mode
+    finally:
+        if mallopt is not None:  # also after a partial refusal
+            mallopt(_M_MMAP_THRESHOLD, GLIBC_MMAP_MAX)
+            mallopt(_M_TRIM_THRESHOLD, GLIBC_TRIM)
+            release_cpu_memory()
 
 
 def release_cpu_memory() -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from core import cpu_attention, cpu_fusion
-from core.devices import CPU, Placement, env_flag, release_cpu_memory, resolve_placement, tune_cpu_allocator
+from core.devices import Placement, env_flag, release_cpu_memory, resolve_placement
 from core.loading import (
     DEFAULT_BASE_MODEL,
     OFFLINE_ENV,
@@ -234,8 +234,6 @@ class ModelManager:
     def _load(self, variant: Variant) -> ICLightModels:
         placement = self.placement
         logger.info("loading IC-Light %s on %s", variant.value, placement.describe())
-        if placement.torch_device.type == CPU:
-            logger.info("CPU allocator: %s", tune_cpu_allocator())
         offset = self._offset(variant)  # first: fail fast on missing/corrupt weights before the big load
         base = self._base_components()
         unet = build_iclight_unet(base.unet_config, base.unet_weights, offset, variant.in_channels,

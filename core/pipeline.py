@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from core.devices import release_cpu_memory
+from core.devices import kept_heap, release_cpu_memory
 from core.errors import IncompatibleModelError, InvalidParameterError
 from core.imageops import (
     AMBIENT_GREY,
@@ -186,8 +186,9 @@ def relight(
             total = int(round(params.steps / params.lowres_denoise))
             timesteps, _ = img2img_timesteps(scheduler, total, params.lowres_denoise, device)
             latents = noised_latents(init.to(dtype), n, timesteps, scheduler, generator)
-        latents = denoise(models.unet, scheduler, latents, timesteps, cond, uncond, params.cfg, concat, generator,
-                          progress, LOWRES)  # fmt: skip
+        with kept_heap(models.device.type == "cpu"):
+            latents = denoise(models.unet, scheduler, latents, timesteps, cond, uncond, params.cfg, concat,
+                              generator, progress, LOWRES)  # fmt: skip
 
     # 6. Decode, resize to the high-res size (no crop), re-encode
     pixels = pytorch2numpy(decode(models, latents))
@@ -203,8 +204,9 @@ def relight(
         total = int(round(params.steps / params.highres_denoise))
         timesteps, _ = img2img_timesteps(scheduler, total, params.highres_denoise, device)
         latents = noised_latents(latents.to(dtype), n, timesteps, scheduler, generator)
-        latents = denoise(models.unet, scheduler, latents, timesteps, cond, uncond, params.cfg, concat, generator,
-                          progress, HIGHRES)  # fmt: skip
+        with kept_heap(models.device.type == "cpu"):
+            latents = denoise(models.unet, scheduler, latents, timesteps, cond, uncond, params.cfg, concat,
+                              generator, progress, HIGHRES)  # fmt: skip
 
     # 8. Decode
     images = pytorch2numpy(decode(models, latents), quant=params.mode is Mode.FC)

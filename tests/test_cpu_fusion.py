@@ -223,7 +223,7 @@ def test_install_reports_what_it_fused():
     assert status == FusionStatus(True, "fused oneDNN (6 transformers, 12 resnets)")
 
 
-def test_manager_fuses_bf16_cpu_and_relights(tiny_paths, fg_image):
+def test_manager_fuses_bf16_cpu_and_relights(tiny_paths, fg_image, bg_image):
     """The bf16 CPU placement loads the fused UNet through the real loader, and a relight runs end to end on it."""
     if cpu_fusion.unavailable_reason(torch.bfloat16):
         pytest.skip(f"bf16 fusion unavailable here: {cpu_fusion.unavailable_reason(torch.bfloat16)}")
@@ -241,6 +241,13 @@ def test_manager_fuses_bf16_cpu_and_relights(tiny_paths, fg_image):
     out = relight(models, fg_image, params)
     assert out.images[0].shape == (128, 128, 3) and out.images[0].dtype == np.uint8
     assert out.images[0].std() > 0
+    # fbc: 12 input channels through the packed conv_in; then unloading frees the fused modules for a clean reload.
+    fbc = manager.get("fbc")
+    assert fbc.unet_ops.startswith("fused oneDNN") and fbc.unet.unet.conv_in.in_channels == 12
+    params = RelightParams.for_mode("fbc", prompt="studio", width=64, height=64, steps=2, seed=3)
+    assert relight(fbc, fg_image, params, background=bg_image).images[0].shape == (128, 128, 3)
+    manager.unload()
+    assert not manager.is_loaded("fc") and manager.get("fc").unet_ops.startswith("fused oneDNN")
 
 
 def test_fp32_keeps_eager_modules(fc_models):
