@@ -183,6 +183,19 @@ def load_kernel() -> tuple[AmxAttention | None, KernelStatus]:
     return kernel, KernelStatus(True, f"AMX kernel ({kernel.library.name})")
 
 
+def has_plain_layers(attn) -> bool:
+    """A diffusers Attention with nothing SD 1.5's lacks: no spatial/group/cross/q/k norms, no residual inside."""
+    return (
+        attn.spatial_norm is None
+        and attn.group_norm is None
+        and not attn.norm_cross
+        and attn.norm_q is None
+        and attn.norm_k is None
+        and not attn.residual_connection
+        and attn.rescale_output_factor == 1.0
+    )
+
+
 class CPUAttnProcessor:
     """diffusers attention processor: the AMX kernel for the plain attention it supports, SDPA otherwise.
 
@@ -198,17 +211,7 @@ class CPUAttnProcessor:
 
     @staticmethod
     def is_plain(attn, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> bool:
-        return (
-            hidden_states.dim() == 3
-            and attention_mask is None
-            and attn.spatial_norm is None
-            and attn.group_norm is None
-            and not attn.norm_cross
-            and attn.norm_q is None
-            and attn.norm_k is None
-            and not attn.residual_connection
-            and attn.rescale_output_factor == 1.0
-        )
+        return hidden_states.dim() == 3 and attention_mask is None and has_plain_layers(attn)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         if not self.is_plain(attn, hidden_states, attention_mask):

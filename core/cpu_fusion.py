@@ -201,13 +201,7 @@ def _plain_attention(attn: nn.Module) -> bool:
     return (
         type(attn) is Attention
         and isinstance(attn.processor, (AttnProcessor2_0, cpu_attention.CPUAttnProcessor))
-        and attn.spatial_norm is None
-        and attn.group_norm is None
-        and not attn.norm_cross
-        and attn.norm_q is None
-        and attn.norm_k is None
-        and not attn.residual_connection
-        and attn.rescale_output_factor == 1.0
+        and cpu_attention.has_plain_layers(attn)
         and len(attn.to_out) == 2
         and isinstance(attn.to_out[1], nn.Dropout)
     )
