@@ -233,7 +233,7 @@ def attend(
     head_dim = key.shape[-1] // heads
     query, key, value = (t.unflatten(-1, (heads, head_dim)).transpose(1, 2) for t in (query, key, value))
     out = None
-    if kernel is not None and kernel.supports(query, key, value):
+    if kernel is not None and scale > 0 and kernel.supports(query, key, value):
         try:
             out = kernel(query, key, value, scale)  # already [B, N, H, D]
         except RuntimeError as exc:  # threads or memory could not be had: SDPA still gives the answer

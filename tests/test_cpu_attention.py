@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from core import cpu_attention
-from core.cpu_attention import AmxAttention, CPUAttnProcessor, KernelStatus, build_library, load_kernel
+from core.cpu_attention import AmxAttention, CPUAttnProcessor, KernelStatus, attend, build_library, load_kernel
 
 HAS_AMX = all(flag in cpu_attention.cpu_flags() for flag in cpu_attention.CPU_FLAGS)
 needs_amx = pytest.mark.skipif(not HAS_AMX, reason="this CPU has no AMX, so the kernel cannot run here")
@@ -88,6 +88,38 @@ def test_kernel_scale_and_peaky_scores(kernel):
     assert ours <= 1.5 * sdpa + 1e-3
     ours, sdpa = errors(kernel, *qkv(1, 2, 640, 640, 40, seed=3), scale=0.7)
     assert ours <= 1.5 * sdpa + 1e-3
+
+
+@needs_amx
+@pytest.mark.parametrize("nk", [1000, 4200])
+def test_kernel_rescales_when_later_keys_score_higher(kernel, nk):
+    """The softmax keeps a lazy running maximum: scores that rise block after block, and one late key far above
+    all others, must both trigger the rescale (without it the spike's exp2 overflows to inf)."""
+    q, k, v = qkv(1, 2, 300, nk, 40, seed=5)
+    rising = torch.linspace(0.2, 4.0, nk).view(1, 1, nk, 1)
+    ours, sdpa = errors(kernel, q, (k.float() * rising).to(torch.bfloat16), v)
+    assert ours <= 1.5 * sdpa + 1e-3, (ours, sdpa)
+    spike = k.clone()
+    spike[:, :, nk - 3] = q[:, :, 0] * 32  # a key near the end scoring ~2^270 above the first blocks' max for query 0
+    ours, sdpa = errors(kernel, q, spike, v)
+    assert ours <= 1.5 * sdpa + 1e-3, (ours, sdpa)
+
+
+def test_attend_takes_sdpa_for_a_non_positive_scale():
+    """The kernel's lazy maximum assumes a positive scale; anything else goes to SDPA (a fake kernel would fail)."""
+
+    class Refuses:
+        @staticmethod
+        def supports(*args):
+            return True
+
+        def __call__(self, *args):
+            raise AssertionError("the kernel must not see a non-positive scale")
+
+    q, k, v = (torch.randn(1, 64, 2 * 40) for _ in range(3))
+    out = attend(Refuses(), q, k, v, heads=2, scale=-0.1)
+    ref = F.scaled_dot_product_attention(*(t.view(1, 64, 2, 40).transpose(1, 2) for t in (q, k, v)), scale=-0.1)
+    torch.testing.assert_close(out, ref.transpose(1, 2).reshape(1, 64, 80))
 
 
 @needs_amx
