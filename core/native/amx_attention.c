@@ -128,6 +128,11 @@ static void attend_tile(const job_t *j, const uint16_t *qtv, const uint16_t *kh,
       _tile_loadd(2, qtv, 64);
       _tile_loadd(3, qtv + 16 * QT * 2, 64);
     }
+    if (_mm512_cmp_ps_mask(m, _mm512_set1_ps(-1e30f), _CMP_LE_OQ)) { /* a tile's first block: exact max first */
+      __m512 mx = _mm512_set1_ps(-INFINITY);
+      for (int64_t r = 0; r < nk; ++r) mx = _mm512_max_ps(mx, _mm512_load_ps(S + r * QT));
+      m = _mm512_max_ps(m, _mm512_mul_ps(mx, s2));
+    }
     const __m512 neg = _mm512_sub_ps(_mm512_setzero_ps(), m);
     __m512 bmax = _mm512_set1_ps(-INFINITY);
     for (int64_t g = 0; g < gp; ++g) {
