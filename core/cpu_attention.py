@@ -94,16 +94,18 @@ def build_library(compiler: str, folder: Path) -> Path:
 class AmxAttention:
     """The compiled kernel behind a torch-facing call; `supports` says which inputs it takes."""
 
-    def __init__(self, library: Path) -> None:
+    def __init__(self, library: Path, team: int | bool | None = None) -> None:
+        """team: None finds PyTorch's OpenMP runtime, False uses the kernel's own threads, an int is GOMP_parallel."""
         lib = ctypes.CDLL(str(library))
         i64, ptr = ctypes.c_int64, ctypes.c_void_p
         lib.amx_request.restype = ctypes.c_int
         lib.amx_scratch_elems.restype = i64
         lib.amx_scratch_elems.argtypes = [i64] * 5
         lib.amx_attention.restype = ctypes.c_int
-        lib.amx_attention.argtypes = [ptr] * 5 + [i64] * 14 + [ctypes.c_double] + [i64] * 3
+        lib.amx_attention.argtypes = [ptr] * 5 + [i64] * 14 + [ctypes.c_double] + [i64] * 3 + [ptr]
         self._lib = lib
         self.library = library
+        self.team = openmp_team() if team is None else team or None  # GOMP_parallel's address, or None: own threads
 
     def request_permission(self) -> bool:
         """Linux grants AMX tile state per process on request (kernel 5.16+)."""
@@ -134,10 +136,36 @@ class AmxAttention:
         scratch = torch.empty(self._lib.amx_scratch_elems(b, h, nk, d, KEY_BLOCK), dtype=torch.bfloat16)
         rc = self._lib.amx_attention(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), scratch.data_ptr(),
                                      b, h, nq, nk, d, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], scale,
-                                     KEY_BLOCK, KEY_CHUNK, min(torch.get_num_threads(), MAX_THREADS))  # fmt: skip
+                                     KEY_BLOCK, KEY_CHUNK, min(torch.get_num_threads(), MAX_THREADS),
+                                     self.team)  # fmt: skip
         if rc:
             raise RuntimeError(f"AMX attention kernel failed (code {rc}) for q {tuple(q.shape)}, k {tuple(k.shape)}")
         return out
+
+
+OPENMP_RUNTIMES = ("libgomp", "libiomp5")  # both export GOMP_parallel
+
+
+def openmp_team(maps: str | None = None) -> int | None:
+    """Address of GOMP_parallel in the OpenMP runtime this process already has loaded (PyTorch's), else None.
+
+    The kernel then runs on the threads PyTorch's operators use. On its own threads it competes for the cores with
+    that team, which spins idle for several milliseconds after every operator (2x slower right after a matmul on
+    2 cores). Only a runtime that is already mapped is used, so no second OpenMP runtime is ever started.
+    """
+    if maps is None:
+        try:
+            maps = Path("/proc/self/maps").read_text()
+        except OSError:
+            return None
+    paths = {line.split()[-1] for line in maps.splitlines() if line.split() and line.split()[-1].startswith("/")}
+    for path in sorted(paths):
+        if Path(path).name.startswith(OPENMP_RUNTIMES):
+            try:
+                return ctypes.cast(ctypes.CDLL(path).GOMP_parallel, ctypes.c_void_p).value
+            except (OSError, AttributeError):
+                continue
+    return None
 
 
 def self_test(kernel: AmxAttention) -> float:
@@ -180,7 +208,8 @@ def load_kernel() -> tuple[AmxAttention | None, KernelStatus]:
         return None, KernelStatus(False, f"SDPA (building the AMX kernel failed: {exc})")
     if not error <= SELF_TEST_TOLERANCE:
         return None, KernelStatus(False, f"SDPA (the AMX kernel's self-test was off by {error:.3g})")
-    return kernel, KernelStatus(True, f"AMX kernel ({kernel.library.name})")
+    threads = "PyTorch's OpenMP threads" if kernel.team else "its own threads"
+    return kernel, KernelStatus(True, f"AMX kernel ({kernel.library.name}, on {threads})")
 
 
 def has_plain_layers(attn) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,6 +83,18 @@ def test_kernel_matches_sdpa(kernel, b, h, nq, nk, d, interleaved):
 
 
 @needs_amx
+def test_kernel_takes_queries_with_odd_strides(kernel):
+    """Query rows are gathered a dim pair (32 bits) at a time when aligned; odd strides take the scalar path."""
+    gen = torch.Generator().manual_seed(4)
+    q = torch.randn(1, 3, 301, 41, generator=gen).to(torch.bfloat16)[..., :40]  # row stride 41: pairs unaligned
+    k, v = (torch.randn(1, 3, 300, 40, generator=gen).to(torch.bfloat16) for _ in range(2))
+    assert q.stride(-2) % 2 == 1 and kernel.supports(q, k, v)
+    ours, sdpa = errors(kernel, q, k, v)
+    assert ours <= 1.5 * sdpa + 1e-3, (ours, sdpa)
+    assert torch.equal(kernel(q, k, v), kernel(q.contiguous(), k, v))  # both paths give the same bits
+
+
+@needs_amx
 def test_kernel_scale_and_peaky_scores(kernel):
     q, k, v = qkv(1, 2, 640, 640, 40, spread=6.0)  # logits in the hundreds: the running max must keep exp finite
     ours, sdpa = errors(kernel, q, k, v)
@@ -124,15 +137,43 @@ def test_attend_takes_sdpa_for_a_non_positive_scale():
 
 @needs_amx
 def test_kernel_leaves_torch_amx_kernels_alone(kernel):
-    """The kernel's tile state lives on its own threads: oneDNN's bf16 matmul and SDPA give the same answers."""
+    """The kernel runs on PyTorch's OpenMP threads and puts back the tile configuration oneDNN left there (oneDNN
+    skips reconfiguring when it thinks its palette is loaded): oneDNN's AMX matmuls and SDPA give the same answers."""
+    from core.cpu_fusion import PackedLinear
+
+    assert kernel.team is not None  # PyTorch's libgomp is found on Linux
     gen = torch.Generator().manual_seed(1)
     a = torch.randn(256, 320, generator=gen).bfloat16()
     w = torch.randn(320, 320, generator=gen).bfloat16()
+    packed = PackedLinear(w, torch.randn(320, generator=gen).bfloat16())
     q, k, v = qkv(2, 8, 77, 77, 40)
-    before = (a @ w, F.scaled_dot_product_attention(q, k, v))
-    kernel(*qkv(1, 2, 512, 512, 40))
-    after = (a @ w, F.scaled_dot_product_attention(q, k, v))
-    assert all(torch.equal(x, y) for x, y in zip(before, after, strict=True))
+
+    def torch_ops():
+        return a @ w, packed(a), packed.gelu(a), F.scaled_dot_product_attention(q, k, v)
+
+    before = torch_ops()
+    for _ in range(3):
+        kernel(*qkv(1, 2, 512, 512, 40))
+        after = torch_ops()
+        assert all(torch.equal(x, y) for x, y in zip(before, after, strict=True))
+
+
+@needs_amx
+def test_kernel_on_openmp_team_equals_own_threads(kernel):
+    own = AmxAttention(kernel.library, team=False)
+    assert own.team is None
+    for shape in ((2, 8, 1024, 1024, 40), (1, 3, 300, 77, 34)):
+        q, k, v = qkv(*shape)
+        assert torch.equal(kernel(q, k, v), own(q, k, v))
+
+
+def test_openmp_team_is_found_only_when_loaded(tmp_path):
+    assert cpu_attention.openmp_team("") is None
+    assert cpu_attention.openmp_team(f"7f00-7f10 r-xp 0 08:01 1 {tmp_path}/libgomp.so.1\n") is None  # not a library
+    maps = Path("/proc/self/maps").read_text().splitlines()
+    runtime = next(line for line in maps if Path(line.split()[-1]).name.startswith(cpu_attention.OPENMP_RUNTIMES))
+    found = cpu_attention.openmp_team(runtime + "\n")  # PyTorch's own runtime, the one its operators already use
+    assert found is not None and found == cpu_attention.openmp_team()
 
 
 @needs_amx

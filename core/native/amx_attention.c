@@ -12,8 +12,8 @@
  * the same bf16 probabilities as the numerator. Head sizes 34..46 (even) are supported: SD 1.5's first UNet level
  * (320 channels, 8 heads) has D = 40, and that level holds almost all of the attention work.
  *
- * Work runs on threads this library creates, never on the caller's thread, so AMX tile state is never shared
- * with PyTorch's own (oneDNN) kernels.
+ * Work runs on the OpenMP team PyTorch's own operators use when the caller passes that runtime's GOMP_parallel
+ * (each member puts back the tile configuration oneDNN left on it), else on threads this library creates.
  */
 #define _GNU_SOURCE
 #include <immintrin.h>
@@ -185,13 +185,6 @@ static void attend_tile(const job_t *j, const uint16_t *qtv, const uint16_t *kh,
   _mm512_store_ps(st->m, m);
 }
 
-static inline uint16_t to_bf16(float x) { /* round to nearest even */
-  uint32_t u;
-  memcpy(&u, &x, 4);
-  u += 0x7FFF + ((u >> 16) & 1);
-  return (uint16_t)(u >> 16);
-}
-
 /* One thread: a contiguous range of (batch*head, query tile) tasks. Keys are walked in L2-sized chunks, each
  * chunk against all of the thread's query tiles of that head, so K and V are read from L2, not memory. */
 static void *worker(void *arg) {
@@ -215,6 +208,9 @@ static void *worker(void *arg) {
   cfg.colsb[1] = (uint16_t)((D - 32) * 2); /* K tile, head dims 32..D-1 */
   cfg.rows[3] = (uint8_t)((D - 32) / 2);   /* Q^T tile, the same dims as VNNI pairs */
   _tile_loadconfig(&cfg);
+  /* Q rows can be gathered a dim pair (32 bits) at a time when every pair is 4-byte aligned */
+  const int pairs_ok = !((uintptr_t)j->q & 3) && !((j->qs0 | j->qs1 | j->qs2) & 1);
+  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   for (int64_t t0 = j->task_begin; t0 < j->task_end;) {
     const int64_t bh = t0 / ntiles, b = bh / j->H, h = bh % j->H;
     const int64_t t1 = (bh + 1) * ntiles < j->task_end ? (bh + 1) * ntiles : j->task_end;
@@ -222,10 +218,17 @@ static void *worker(void *arg) {
     for (int64_t i = 0; i < n; ++i) { /* Q^T in VNNI pairs, zero padded; fresh state */
       const int64_t i0 = (first + i) * QT, rows = (j->Nq - i0) < QT ? (j->Nq - i0) : QT;
       uint16_t *dst = qtv + i * 32 * QT * 2;
+      const uint16_t *q0 = j->q + b * j->qs0 + h * j->qs1 + i0 * j->qs2;
       memset(dst, 0, 32 * QT * 2 * sizeof(uint16_t));
-      for (int64_t r = 0; r < rows; ++r) {
-        const uint16_t *qr = j->q + b * j->qs0 + h * j->qs1 + (i0 + r) * j->qs2;
-        for (int64_t d = 0; d < D; ++d) dst[((d >> 1) * QT + r) * 2 + (d & 1)] = qr[d];
+      if (pairs_ok) { /* gather each dim pair (one 32-bit word) of the tile's 16 queries */
+        const __m512i idx = _mm512_mullo_epi32(lanes, _mm512_set1_epi32((int)(j->qs2 / 2)));
+        const __mmask16 live = (__mmask16)((1u << rows) - 1);
+        for (int64_t p = 0; p < D / 2; ++p)
+          _mm512_store_si512((__m512i *)(dst + p * QT * 2),
+                             _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, idx, q0 + 2 * p, 4));
+      } else {
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t d = 0; d < D; ++d) dst[((d >> 1) * QT + r) * 2 + (d & 1)] = q0[r * j->qs2 + d];
       }
       for (int k = 0; k < QT; ++k) st[i].m[k] = -1e30f;
       memset(st[i].ot, 0, sizeof st[i].ot);
@@ -237,10 +240,18 @@ static void *worker(void *arg) {
     }
     for (int64_t i = 0; i < n; ++i) {
       const int64_t i0 = (first + i) * QT, rows = (j->Nq - i0) < QT ? (j->Nq - i0) : QT;
-      for (int64_t r = 0; r < rows; ++r) {
-        const float inv = 1.0f / st[i].ot[D * QT + r];
-        uint16_t *orow = j->out + ((b * j->Nq + i0 + r) * j->H + h) * D;
-        for (int64_t d = 0; d < D; ++d) orow[d] = to_bf16(st[i].ot[d * QT + r] * inv);
+      /* normalise, round to bf16 (nearest even) and scatter each dim pair to the tile's 16 output rows */
+      const float *ot = st[i].ot;
+      const __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_load_ps(ot + D * QT));
+      const __m512i idx = _mm512_mullo_epi32(lanes, _mm512_set1_epi32((int)(j->H * D / 2)));
+      const __mmask16 live = (__mmask16)((1u << rows) - 1);
+      uint16_t *o0 = j->out + ((b * j->Nq + i0) * j->H + h) * D;
+      for (int64_t p = 0; p < D / 2; ++p) {
+        const __m512 e0 = _mm512_mul_ps(_mm512_load_ps(ot + 2 * p * QT), inv);
+        const __m512 e1 = _mm512_mul_ps(_mm512_load_ps(ot + (2 * p + 1) * QT), inv);
+        const __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(e0));
+        const __m512i hi = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(e1));
+        _mm512_mask_i32scatter_epi32(o0 + 2 * p, live, idx, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)), 4);
       }
     }
     t0 = t1;
@@ -291,36 +302,72 @@ int64_t amx_scratch_elems(int64_t B, int64_t H, int64_t Nk, int64_t D, int64_t b
 
 /* q, k, v: bf16 [B, H, N, D] with unit stride on D (any other strides); out: bf16 [B, Nq, H, D] contiguous.
  * Returns 0 on success, 1 for unsupported arguments, 2 when threads or memory could not be had. */
+/* GOMP_parallel as exported by libgomp (and by Intel's libiomp5): runs fn(data) on a team of num_threads. */
+typedef void (*gomp_parallel_t)(void (*fn)(void *), void *data, unsigned num_threads, unsigned flags);
+
+typedef struct {
+  void *(*fn)(void *);
+  char *items;
+  size_t size;
+  int64_t n, next;
+} team_t;
+
+/* One OpenMP team member: takes items until none are left. These are PyTorch's own threads, whose tile
+ * configuration oneDNN may have set and cached (it skips reconfiguring when its palette is still loaded), so the
+ * configuration found on entry is put back before returning. */
+static void team_member(void *arg) {
+  team_t *t = (team_t *)arg;
+  tilecfg_t saved;
+  _tile_storeconfig(&saved); /* all zeros when no tiles are configured */
+  for (;;) {
+    const int64_t i = __atomic_fetch_add(&t->next, 1, __ATOMIC_RELAXED);
+    if (i >= t->n) break;
+    t->fn(t->items + i * t->size);
+  }
+  if (saved.palette_id) _tile_loadconfig(&saved);
+}
+
+/* Run fn on each of n items, one per thread: on the caller's OpenMP team when `gomp` is given (the threads PyTorch's
+ * own operators run on; fresh threads would compete with that team's idle spinning for the same cores), else on
+ * fresh POSIX threads. 0 on success, 2 when threads could not be had. */
+static int run_all(gomp_parallel_t gomp, void *(*fn)(void *), void *items, size_t size, int64_t n) {
+  if (gomp) {
+    team_t t = {fn, (char *)items, size, n, 0};
+    gomp(team_member, &t, (unsigned)n, 0);
+    return 0;
+  }
+  pthread_t th[MAX_THREADS];
+  int64_t started = 0;
+  for (; started < n; ++started)
+    if (pthread_create(&th[started], NULL, fn, (char *)items + started * size)) break;
+  for (int64_t i = 0; i < started; ++i) pthread_join(th[i], NULL);
+  return started < n ? 2 : 0;
+}
+
+/* q, k, v: bf16 [B, H, N, D] with unit stride on D (any other strides); out: bf16 [B, Nq, H, D] contiguous.
+ * `gomp`: GOMP_parallel of the OpenMP runtime the caller's process already runs, or NULL for POSIX threads.
+ * Returns 0 on success, 1 for unsupported arguments, 2 when threads or memory could not be had. */
 int amx_attention(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *out, uint16_t *scratch,
                   int64_t B, int64_t H, int64_t Nq, int64_t Nk, int64_t D, int64_t qs0, int64_t qs1, int64_t qs2,
                   int64_t ks0, int64_t ks1, int64_t ks2, int64_t vs0, int64_t vs1, int64_t vs2, double scale,
-                  int64_t block, int64_t chunk, int64_t nthreads) {
-  if (D <= 32 || D >= DPAD || (D & 1) || !(scale > 0) || block <= 0 || block % 32 || chunk <= 0 || chunk % block || Nq <= 0 ||
-      Nk <= 0 || B <= 0 || H <= 0 || nthreads < 1 || nthreads > MAX_THREADS)
+                  int64_t block, int64_t chunk, int64_t nthreads, void *gomp) {
+  if (D <= 32 || D >= DPAD || (D & 1) || !(scale > 0) || block <= 0 || block % 32 || chunk <= 0 ||
+      chunk % block || Nq <= 0 || Nk <= 0 || B <= 0 || H <= 0 || nthreads < 1 || nthreads > MAX_THREADS)
     return 1;
   const int64_t ldk = padded_keys(Nk, block), BH = B * H;
   uint16_t *kp = scratch, *vt = scratch + BH * ldk * D;
-  pthread_t th[MAX_THREADS];
   pack_t pk[MAX_THREADS];
   job_t jobs[MAX_THREADS];
-  int64_t started = 0, rc = 0;
-  for (; started < nthreads; ++started) {
-    pk[started] = (pack_t){k, v, kp, vt, H, Nk, D, ldk, ks0, ks1, ks2, vs0, vs1, vs2,
-                           BH * started / nthreads, BH * (started + 1) / nthreads};
-    if (pthread_create(&th[started], NULL, packer, &pk[started])) break;
-  }
-  for (int64_t i = 0; i < started; ++i) pthread_join(th[i], NULL);
-  if (started < nthreads) return 2;
+  for (int64_t i = 0; i < nthreads; ++i)
+    pk[i] = (pack_t){k, v, kp, vt, H, Nk, D, ldk, ks0, ks1, ks2, vs0, vs1, vs2, BH * i / nthreads,
+                     BH * (i + 1) / nthreads};
+  if (run_all((gomp_parallel_t)gomp, packer, pk, sizeof pk[0], nthreads)) return 2;
   const int64_t ntasks = BH * ((Nq + QT - 1) / QT);
-  for (started = 0; started < nthreads; ++started) {
-    jobs[started] = (job_t){q, kp, vt, out, H, Nq, Nk, D, ldk, block, chunk, qs0, qs1, qs2,
-                            (float)(scale * 1.4426950408889634), ntasks * started / nthreads,
-                            ntasks * (started + 1) / nthreads, 0};
-    if (pthread_create(&th[started], NULL, worker, &jobs[started])) break;
-  }
-  for (int64_t i = 0; i < started; ++i) {
-    pthread_join(th[i], NULL);
-    if (jobs[i].failed) rc = 2;
-  }
-  return started < nthreads ? 2 : (int)rc;
+  for (int64_t i = 0; i < nthreads; ++i)
+    jobs[i] = (job_t){q, kp, vt, out, H, Nq, Nk, D, ldk, block, chunk, qs0, qs1, qs2,
+                      (float)(scale * 1.4426950408889634), ntasks * i / nthreads, ntasks * (i + 1) / nthreads, 0};
+  if (run_all((gomp_parallel_t)gomp, worker, jobs, sizeof jobs[0], nthreads)) return 2;
+  for (int64_t i = 0; i < nthreads; ++i)
+    if (jobs[i].failed) return 2;
+  return 0;
 }
