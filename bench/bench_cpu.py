@@ -185,7 +185,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--height", type=int, default=640)
     parser.add_argument("--steps", type=int, default=25, help="relight steps (official fc default 25)")
-    parser.add_argument("--unet-steps", type=int, default=3, help="timed UNet steps per recipe (median)")
+    parser.add_argument("--unet-steps", type=int, default=7, help="timed UNet steps per recipe (median)")
     parser.add_argument("--no-e2e", action="store_true", help="only time UNet steps")
     parser.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "iclight_bench")
     parser.add_argument("--recipes", default=",".join(RECIPES))
