@@ -98,11 +98,11 @@ static inline __m512 score_row(const float *S, int64_t r, int64_t nk) {
 
 /* Attend one 16-query tile to keys [k0, k1), updating its running state.
  *
- * Software pipelined so the AMX unit and the vector units overlap: while the softmax of block n runs, 16 rows at
- * a time from registers, the next block's score groups are issued between those rows. The softmax is single-pass
- * with a lazy maximum: probabilities are taken against the running maximum m and only when some score exceeds it
- * by more than LAZY_BITS (base 2) is the block redone against the new maximum and O^T rescaled. So exp2 values
- * stay below 2^LAZY_BITS and, after the first block, the extra pass is rare. */
+ * While the softmax of block n runs, 16 rows at a time from registers, the next block's score groups are issued
+ * between those rows, so the AMX unit has work queued. The softmax is single-pass with a lazy maximum: probabilities
+ * are taken against the running maximum m, and only when some score exceeds it by more than LAZY_BITS (base 2) is
+ * the block redone against the new maximum and O^T rescaled. So exp2 values stay below 2^LAZY_BITS, and as a tile's
+ * first block takes its exact maximum up front, the extra pass is rare. */
 static void attend_tile(const job_t *j, const uint16_t *qtv, const uint16_t *kh, const uint16_t *vth, int64_t k0,
                         int64_t k1, state_t *st, float *S2, uint16_t *P2) {
   const int64_t D = j->D, block = j->block;
