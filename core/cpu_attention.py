@@ -94,8 +94,8 @@ def build_library(compiler: str, folder: Path) -> Path:
 class AmxAttention:
     """The compiled kernel behind a torch-facing call; `supports` says which inputs it takes."""
 
-    def __init__(self, library: Path, team: int | bool | None = None) -> None:
-        """team: None finds PyTorch's OpenMP runtime, False uses the kernel's own threads, an int is GOMP_parallel."""
+    def __init__(self, library: Path, own_threads: bool = False) -> None:
+        """Runs on PyTorch's OpenMP team when its runtime is found (see `openmp_team`), else on threads of its own."""
         lib = ctypes.CDLL(str(library))
         i64, ptr = ctypes.c_int64, ctypes.c_void_p
         lib.amx_request.restype = ctypes.c_int
@@ -105,7 +105,7 @@ class AmxAttention:
         lib.amx_attention.argtypes = [ptr] * 5 + [i64] * 14 + [ctypes.c_double] + [i64] * 3 + [ptr]
         self._lib = lib
         self.library = library
-        self.team = openmp_team() if team is None else team or None  # GOMP_parallel's address, or None: own threads
+        self.team = None if own_threads else openmp_team()  # GOMP_parallel's address, or None: own threads
 
     def request_permission(self) -> bool:
         """Linux grants AMX tile state per process on request (kernel 5.16+)."""

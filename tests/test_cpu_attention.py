@@ -160,7 +160,7 @@ def test_kernel_leaves_torch_amx_kernels_alone(kernel):
 
 @needs_amx
 def test_kernel_on_openmp_team_equals_own_threads(kernel):
-    own = AmxAttention(kernel.library, team=False)
+    own = AmxAttention(kernel.library, own_threads=True)
     assert own.team is None
     for shape in ((2, 8, 1024, 1024, 40), (1, 3, 300, 77, 34)):
         q, k, v = qkv(*shape)
