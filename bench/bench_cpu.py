@@ -133,14 +133,14 @@ def worker(recipe: str, folder: Path, width: int, height: int, steps: int, unet_
     embeds = torch.cat([uncond, cond]).to(dtype)
     step_times = []
     # Timed as the pipeline samples: inside kept_heap (which keeps glibc's defaults for the reference recipe).
-    with torch.inference_mode(), kept_heap(True):
+    with torch.inference_mode(), kept_heap(True) as allocator:
         models.unet(latents, torch.tensor(500), embeds, concat)  # warm-up
         for _ in range(unet_steps):
             t = time.perf_counter()
             models.unet(latents, torch.tensor(500), embeds, concat)
             step_times.append(time.perf_counter() - t)
     result = {"recipe": recipe, "placement": placement.describe(), "attention": models.attention, "load_s": load_s,
-              "unet_ops": models.unet_ops, "allocator": os.environ.get("ICLIGHT_CPU_ALLOCATOR", "tuned"),
+              "unet_ops": models.unet_ops, "allocator": allocator,
               "unet_step_s": statistics.median(step_times)}  # fmt: skip
     if e2e:
         fg = (np.random.RandomState(0).rand(height, width, 3) * 255).astype(np.uint8)

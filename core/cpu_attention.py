@@ -158,7 +158,7 @@ def openmp_team(maps: str | None = None) -> int | None:
             maps = Path("/proc/self/maps").read_text()
         except OSError:
             return None
-    paths = {line.split()[-1] for line in maps.splitlines() if line.split() and line.split()[-1].startswith("/")}
+    paths = {field for line in maps.splitlines() for field in line.split()[5:] if field.startswith("/")}
     for path in sorted(paths):
         if Path(path).name.startswith(OPENMP_RUNTIMES):
             try:

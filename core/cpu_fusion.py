@@ -334,11 +334,10 @@ def fuse_unet(unet: nn.Module, kernel: cpu_attention.AmxAttention | None = None)
                (PackedLinear, "linear", PackedLinear.from_linear))  # fmt: skip
     for stage in (wrappers, packers):
         names = [name for name, _ in unet.named_modules()]  # names only: no references that keep weights alive
-        wrapped = [
-            name + "." for name, m in unet.named_modules() if isinstance(m, (FusedTransformer2D, FusedResnetBlock2D))
-        ]
+        fused = (FusedTransformer2D, FusedResnetBlock2D)
+        wrapped = [name + "." for name, m in unet.named_modules() if isinstance(m, fused)] if stage is wrappers else []
         for name in names:
-            if stage is wrappers and any(name.startswith(w) for w in wrapped):  # fused before: never wrap twice
+            if any(name.startswith(w) for w in wrapped):  # fused before: never wrap twice
                 continue
             try:
                 module = unet.get_submodule(name)

@@ -95,6 +95,17 @@ def test_kernel_takes_queries_with_odd_strides(kernel):
 
 
 @needs_amx
+def test_kernel_writes_every_output_and_zeroes_its_padding(kernel, monkeypatch):
+    """Scratch and output buffers start as whatever memory held (here NaN): the packer writes every padded key and
+    the kernel every output element, so nothing stale leaks into the result."""
+    empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: empty(*a, **k).fill_(float("nan")))
+    q, k, v = qkv(1, 2, 301, 333, 40)  # keys pad to a whole block, the last query tile is partial
+    ours, sdpa = errors(kernel, q, k, v)
+    assert ours <= 1.5 * sdpa + 1e-3, (ours, sdpa)
+
+
+@needs_amx
 def test_kernel_scale_and_peaky_scores(kernel):
     q, k, v = qkv(1, 2, 640, 640, 40, spread=6.0)  # logits in the hundreds: the running max must keep exp finite
     ours, sdpa = errors(kernel, q, k, v)

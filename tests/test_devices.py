@@ -67,7 +67,7 @@ print(mode, faults, rss_mb)
 """
 
 
-def page_faults(setting: str) -> tuple[str, int]:
+def page_faults(setting: str) -> tuple[str, int, int]:
     env = {**os.environ, devices.ALLOCATOR_ENV: setting}
     out = subprocess.run([sys.executable, "-c", FAULT_PROBE], capture_output=True, text=True, env=env, check=True,
                          cwd=Path(__file__).resolve().parent.parent).stdout.split()  # fmt: skip

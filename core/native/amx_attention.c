@@ -275,17 +275,25 @@ static void *packer(void *arg) {
   pack_t *p = (pack_t *)arg;
   for (int64_t bh = p->begin; bh < p->end; ++bh) {
     const int64_t b = bh / p->H, h = bh % p->H;
-    uint16_t *kd = p->kp + bh * p->ldk * p->D, *vd = p->vt + bh * DPAD * p->ldk;
-    memset(kd, 0, p->ldk * p->D * sizeof(uint16_t));
-    memset(vd, 0, DPAD * p->ldk * sizeof(uint16_t));
     const int64_t D = p->D;
-    for (int64_t n = 0; n < p->ldk; ++n) vd[(n >> 5) * DPAD * 32 + D * 32 + (n & 31)] = BF16_ONE;
+    uint16_t *kd = p->kp + bh * p->ldk * D, *vd = p->vt + bh * DPAD * p->ldk;
     const uint16_t *ks = p->k + b * p->ks0 + h * p->ks1, *vs = p->v + b * p->vs0 + h * p->vs1;
-    for (int64_t n = 0; n < p->Nk; ++n) {
+    for (int64_t c = 0; c < p->ldk / 32; ++c) { /* per V^T chunk: the ones row, zero rows below it */
+      uint16_t *vc = vd + c * DPAD * 32;
+      for (int64_t n = 0; n < 32; ++n) vc[D * 32 + n] = BF16_ONE;
+      memset(vc + (D + 1) * 32, 0, (DPAD - D - 1) * 32 * sizeof(uint16_t));
+    }
+    for (int64_t n = 0; n < p->ldk; ++n) { /* every key's K row and V column; padded keys are zeros */
       uint16_t *kg = kd + (n >> 4) * 16 * D, *vc = vd + (n >> 5) * DPAD * 32 + (n & 31);
-      memcpy(kg + (n & 15) * 32, ks + n * p->ks2, 32 * sizeof(uint16_t));
-      memcpy(kg + 16 * 32 + (n & 15) * (D - 32), ks + n * p->ks2 + 32, (D - 32) * sizeof(uint16_t));
-      for (int64_t d = 0; d < D; ++d) vc[d * 32] = vs[n * p->vs2 + d];
+      if (n < p->Nk) {
+        memcpy(kg + (n & 15) * 32, ks + n * p->ks2, 32 * sizeof(uint16_t));
+        memcpy(kg + 16 * 32 + (n & 15) * (D - 32), ks + n * p->ks2 + 32, (D - 32) * sizeof(uint16_t));
+        for (int64_t d = 0; d < D; ++d) vc[d * 32] = vs[n * p->vs2 + d];
+      } else {
+        memset(kg + (n & 15) * 32, 0, 32 * sizeof(uint16_t));
+        memset(kg + 16 * 32 + (n & 15) * (D - 32), 0, (D - 32) * sizeof(uint16_t));
+        for (int64_t d = 0; d < D; ++d) vc[d * 32] = 0;
+      }
     }
   }
   return NULL;
