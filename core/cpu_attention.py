@@ -1,11 +1,17 @@
-"""Fast bf16 self-attention on CPUs with AMX: a small C kernel built on first use, SDPA everywhere else.
+"""Fast bf16 attention on CPUs with AMX or AVX512-BF16: small C kernels built on first use, SDPA everywhere else.
 
-PyTorch's CPU flash attention spends most of its time in the softmax when the head size is small (SD 1.5's first
-UNet level has 8 heads of 40), about 2.7 G scores/s on two Sapphire Rapids cores. `native/amx_attention.c` keeps
-each score tile in L1, runs the softmax one query per SIMD lane and both products on AMX tiles: 2.0x and 2.3x
-faster on the self-attention at 5,120 and 11,520 tokens (`bench/attention_cpu.py`). It is compiled with the system C
-compiler into a cache folder on first use, checked against SDPA, and used only for what it supports; anything
-else (no compiler, no AMX, other head sizes, masks, gradients) runs PyTorch's SDPA.
+PyTorch's CPU flash attention spends most of its time in the softmax and in small matmuls when the head size is
+small (SD 1.5's first UNet level has 8 heads of 40). Two fused kernels keep each score block in L1 and run the
+softmax one query per SIMD lane:
+
+- `native/amx_attention.c` for CPUs with AMX (Intel Sapphire Rapids and newer), head sizes 34..46: both products
+  on AMX tiles; 2.7x faster than SDPA at 5,120 tokens on two Sapphire Rapids cores (`bench/attention_cpu.py`);
+- `native/bf16_attention.c` for CPUs with AVX512-BF16 but no AMX (AMD Zen 4 and newer, Intel Cooper Lake), any
+  even head size up to 256: both products on `vdpbf16ps`; 3.3x faster than SDPA at 5,120 tokens on two Zen 4 cores.
+
+The kernel is compiled with the system C compiler into a cache folder on first use, checked against SDPA, and used
+only for what it supports; anything else (no compiler, neither instruction set, other head sizes, masks,
+gradients) runs PyTorch's SDPA.
 """
 
 from __future__ import annotations
@@ -29,26 +35,26 @@ from core.devices import cpu_flags
 
 logger = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("native") / "amx_attention.c"
+NATIVE = Path(__file__).with_name("native")
+HEADERS = (NATIVE / "common.h",)  # included by every kernel source; part of the build's identity
 CACHE_ENV = "ICLIGHT_CACHE_DIR"  # where the compiled kernel is kept (default ~/.cache/iclight)
 CC_ENV = "CC"
-MODE_ENV = "ICLIGHT_CPU_ATTENTION"  # auto (default) or sdpa
-MODES = ("auto", "sdpa")
-CFLAGS = ("-O3", "-std=gnu11", "-shared", "-fPIC", "-pthread", "-mavx512f", "-mavx512bw", "-mavx512vl",
-          "-mavx512dq", "-mavx512bf16", "-mamx-tile", "-mamx-bf16")  # fmt: skip
-CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "amx_tile", "amx_bf16")
-HEAD_DIMS = range(34, 47, 2)  # what the kernel's tile layout handles (one spare row for the denominator)
+MODE_ENV = "ICLIGHT_CPU_ATTENTION"  # auto (default), amx, avx512 or sdpa
+MODES = ("auto", "amx", "avx512", "sdpa")
+BASE_CFLAGS = ("-O3", "-std=gnu11", "-shared", "-fPIC", "-pthread", "-mavx512f", "-mavx512bw", "-mavx512vl",
+               "-mavx512dq", "-mavx512bf16")  # fmt: skip
+BASE_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16")
 KEY_BLOCK = 128  # keys per softmax block: scores (8 KB) and probabilities (4 KB) stay in L1
-KEY_CHUNK = 4096  # keys per pass over a thread's query tiles: packed K and V^T (640 KB) stay in L2
+KEY_CHUNK = 4096  # AMX kernel: keys per pass over a thread's query tiles (packed K and V^T, 640 KB, stay in L2)
 MIN_SCORES = 256 * 256  # below this the thread start-up outweighs the gain
-MAX_THREADS = 256  # the kernel's own limit
+MAX_THREADS = 256  # the kernels' own limit
 COMPILE_TIMEOUT_S = 120
 SELF_TEST_TOLERANCE = 0.02  # max |ours - fp32 SDPA| on the self-test; bf16 SDPA itself is about 0.01
 
 
 @dataclass(frozen=True)
 class KernelStatus:
-    """Whether the AMX kernel is in use, and why not when it is not."""
+    """Whether a native attention kernel is in use, and why not when it is not."""
 
     available: bool
     reason: str  # one line for logs and status lines
@@ -69,11 +75,12 @@ def cache_dir() -> Path:
     return Path(base) / "iclight"
 
 
-def build_library(compiler: str, folder: Path) -> Path:
-    """Compile the kernel (once per source, flags and compiler) into `folder`; returns the shared library."""
+def build_library(compiler: str, folder: Path, kind: type[NativeAttention]) -> Path:
+    """Compile a kernel once per source, flags and compiler into `folder`; returns the shared library."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(CFLAGS).encode() + version.encode()).hexdigest()[:16]
-    target = folder / f"amx_attention-{digest}.so"
+    sources = b"".join(path.read_bytes() for path in (kind.SOURCE, *HEADERS))
+    digest = hashlib.sha256(sources + " ".join(kind.CFLAGS).encode() + version.encode()).hexdigest()[:16]
+    target = folder / f"{kind.SOURCE.stem}-{digest}.so"
     if target.is_file():
         return target
     folder.mkdir(parents=True, exist_ok=True)
@@ -81,7 +88,7 @@ def build_library(compiler: str, folder: Path) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
     os.close(fd)
     try:
-        proc = subprocess.run([compiler, *CFLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True,
+        proc = subprocess.run([compiler, *kind.CFLAGS, str(kind.SOURCE), "-o", tmp], capture_output=True, text=True,
                               timeout=COMPILE_TIMEOUT_S)  # fmt: skip
         if proc.returncode:
             raise RuntimeError(f"{compiler} failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
@@ -91,34 +98,40 @@ def build_library(compiler: str, folder: Path) -> Path:
     return target
 
 
-class AmxAttention:
-    """The compiled kernel behind a torch-facing call; `supports` says which inputs it takes."""
+class NativeAttention:
+    """A compiled attention kernel behind a torch-facing call; `supports` says which inputs it takes."""
+
+    NAME = ""  # as status lines name it
+    SOURCE = Path()
+    CFLAGS: tuple[str, ...] = ()
+    CPU_FLAGS: tuple[str, ...] = ()
 
     def __init__(self, library: Path, own_threads: bool = False) -> None:
         """Runs on PyTorch's OpenMP team when its runtime is found (see `openmp_team`), else on threads of its own."""
-        lib = ctypes.CDLL(str(library))
-        i64, ptr = ctypes.c_int64, ctypes.c_void_p
-        lib.amx_request.restype = ctypes.c_int
-        lib.amx_scratch_elems.restype = i64
-        lib.amx_scratch_elems.argtypes = [i64] * 5
-        lib.amx_attention.restype = ctypes.c_int
-        lib.amx_attention.argtypes = [ptr] * 5 + [i64] * 14 + [ctypes.c_double] + [i64] * 3 + [ptr]
-        self._lib = lib
+        self._lib = ctypes.CDLL(str(library))
+        self._bind(self._lib)
         self.library = library
         self.team = None if own_threads else openmp_team()  # GOMP_parallel's address, or None: own threads
 
+    def _bind(self, lib: ctypes.CDLL) -> None:
+        raise NotImplementedError
+
     def request_permission(self) -> bool:
-        """Linux grants AMX tile state per process on request (kernel 5.16+)."""
-        return self._lib.amx_request() == 0
+        """Whether the OS lets this process use the instructions (AMX needs a grant; AVX-512 does not)."""
+        return True
 
     @staticmethod
-    def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-        """Unmasked bf16 CPU attention, [B, H, N, D] with D in 34..46, large enough to be worth it."""
+    def head_dim_ok(d: int) -> bool:
+        raise NotImplementedError
+
+    @classmethod
+    def supports(cls, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+        """Unmasked bf16 CPU attention, [B, H, N, D] with a head size this kernel takes, large enough to pay off."""
         return (
             q.device.type == "cpu"
             and q.dtype == k.dtype == v.dtype == torch.bfloat16
             and q.dim() == k.dim() == v.dim() == 4
-            and q.shape[-1] in HEAD_DIMS
+            and cls.head_dim_ok(q.shape[-1])
             and q.shape[-1] == k.shape[-1] == v.shape[-1]
             and q.shape[:2] == k.shape[:2] == v.shape[:2]
             and k.shape[2] == v.shape[2]
@@ -130,17 +143,81 @@ class AmxAttention:
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
         """softmax(q k^T * scale) v as a [B, Nq, H, D] tensor (heads already interleaved for the output proj)."""
         b, h, nq, d = q.shape
-        nk = k.shape[2]
         scale = d**-0.5 if scale is None else scale
         out = torch.empty(b, nq, h, d, dtype=torch.bfloat16)
-        scratch = torch.empty(self._lib.amx_scratch_elems(b, h, nk, d, KEY_BLOCK), dtype=torch.bfloat16)
-        rc = self._lib.amx_attention(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), scratch.data_ptr(),
-                                     b, h, nq, nk, d, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], scale,
-                                     KEY_BLOCK, KEY_CHUNK, min(torch.get_num_threads(), MAX_THREADS),
-                                     self.team)  # fmt: skip
+        rc = self._launch(q, k, v, out, scale, min(torch.get_num_threads(), MAX_THREADS))
         if rc:
-            raise RuntimeError(f"AMX attention kernel failed (code {rc}) for q {tuple(q.shape)}, k {tuple(k.shape)}")
+            raise RuntimeError(f"{self.NAME} attention kernel failed (code {rc}) for q {tuple(q.shape)}, "
+                               f"k {tuple(k.shape)}")  # fmt: skip
         return out
+
+    def _launch(self, q, k, v, out, scale: float, threads: int) -> int:
+        raise NotImplementedError
+
+
+_I64, _PTR = ctypes.c_int64, ctypes.c_void_p
+
+
+class AmxAttention(NativeAttention):
+    """`native/amx_attention.c`: both products on AMX tiles; head sizes 34..46 (one spare row for the denominator)."""
+
+    NAME = "AMX"
+    SOURCE = NATIVE / "amx_attention.c"
+    CFLAGS = (*BASE_CFLAGS, "-mamx-tile", "-mamx-bf16")
+    CPU_FLAGS = (*BASE_CPU_FLAGS, "amx_tile", "amx_bf16")
+
+    def _bind(self, lib: ctypes.CDLL) -> None:
+        lib.amx_request.restype = ctypes.c_int
+        lib.amx_scratch_elems.restype = _I64
+        lib.amx_scratch_elems.argtypes = [_I64] * 5
+        lib.amx_attention.restype = ctypes.c_int
+        lib.amx_attention.argtypes = [_PTR] * 5 + [_I64] * 14 + [ctypes.c_double] + [_I64] * 3 + [_PTR]
+
+    def request_permission(self) -> bool:
+        """Linux grants AMX tile state per process on request (kernel 5.16+)."""
+        return self._lib.amx_request() == 0
+
+    @staticmethod
+    def head_dim_ok(d: int) -> bool:
+        return 34 <= d <= 46 and d % 2 == 0
+
+    def _launch(self, q, k, v, out, scale: float, threads: int) -> int:
+        b, h, nq, d = q.shape
+        nk = k.shape[2]
+        scratch = torch.empty(self._lib.amx_scratch_elems(b, h, nk, d, KEY_BLOCK), dtype=torch.bfloat16)
+        return self._lib.amx_attention(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), scratch.data_ptr(),
+                                       b, h, nq, nk, d, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], scale,
+                                       KEY_BLOCK, KEY_CHUNK, threads, self.team)  # fmt: skip
+
+
+class Bf16Attention(NativeAttention):
+    """`native/bf16_attention.c`: both products on AVX512-BF16 `vdpbf16ps`; any even head size up to 256."""
+
+    NAME = "AVX512-BF16"
+    SOURCE = NATIVE / "bf16_attention.c"
+    CFLAGS = BASE_CFLAGS
+    CPU_FLAGS = BASE_CPU_FLAGS
+
+    def _bind(self, lib: ctypes.CDLL) -> None:
+        lib.bf16_scratch_elems.restype = _I64
+        lib.bf16_scratch_elems.argtypes = [_I64] * 4
+        lib.bf16_attention.restype = ctypes.c_int
+        lib.bf16_attention.argtypes = [_PTR] * 5 + [_I64] * 14 + [ctypes.c_double] + [_I64] * 2 + [_PTR]
+
+    @staticmethod
+    def head_dim_ok(d: int) -> bool:
+        return 2 <= d <= 256 and d % 2 == 0
+
+    def _launch(self, q, k, v, out, scale: float, threads: int) -> int:
+        b, h, nq, d = q.shape
+        nk = k.shape[2]
+        scratch = torch.empty(self._lib.bf16_scratch_elems(b, h, nk, d), dtype=torch.bfloat16)
+        return self._lib.bf16_attention(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), scratch.data_ptr(),
+                                        b, h, nq, nk, d, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], scale,
+                                        KEY_BLOCK, threads, self.team)  # fmt: skip
+
+
+KERNELS = {"amx": AmxAttention, "avx512": Bf16Attention}  # in order of preference
 
 
 OPENMP_RUNTIMES = ("libgomp", "libiomp5")  # both export GOMP_parallel
@@ -168,48 +245,69 @@ def openmp_team(maps: str | None = None) -> int | None:
     return None
 
 
-def self_test(kernel: AmxAttention) -> float:
+SELF_TEST_SHAPES = ((1, 2, 300, 301, 40), (2, 1, 257, 4200, 46), (1, 3, 512, 300, 34), (1, 2, 260, 333, 80))
+
+
+def self_test(kernel: NativeAttention) -> float:
     """Max |kernel - fp32 SDPA| on odd sizes (tails in queries, keys and blocks) and strided inputs."""
     gen = torch.Generator().manual_seed(0)
     worst = 0.0
-    for b, h, nq, nk, d in ((1, 2, 300, 301, 40), (2, 1, 257, 4200, 46), (1, 3, 512, 300, 34)):
+    for b, h, nq, nk, d in (shape for shape in SELF_TEST_SHAPES if kernel.head_dim_ok(shape[-1])):
         q, k, v = (torch.randn(b, n, h, d, generator=gen).to(torch.bfloat16).transpose(1, 2) for n in (nq, nk, nk))
         ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).transpose(1, 2)
         worst = max(worst, (kernel(q, k, v).float() - ref).abs().max().item())
     return worst
 
 
+def _load(kind: type[NativeAttention], compiler: str) -> tuple[NativeAttention | None, str]:
+    """Build, load and self-test one kernel: (kernel, status reason) or (None, why not)."""
+    try:
+        try:
+            library = build_library(compiler, cache_dir(), kind)
+        except OSError:  # cache folder not writable: build in a private temporary folder instead
+            library = build_library(compiler, Path(tempfile.gettempdir()) / f"iclight-{os.getuid()}", kind)
+        kernel = kind(library)
+        if not kernel.request_permission():
+            return None, f"SDPA (Linux refused {kind.NAME} tile state; kernel 5.16+ is needed)"
+        error = self_test(kernel)
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        return None, f"SDPA (building the {kind.NAME} kernel failed: {exc})"
+    if not error <= SELF_TEST_TOLERANCE:
+        return None, f"SDPA (the {kind.NAME} kernel's self-test was off by {error:.3g})"
+    threads = "PyTorch's OpenMP threads" if kernel.team else "its own threads"
+    return kernel, f"{kind.NAME} kernel ({kernel.library.name}, on {threads})"
+
+
 @functools.cache
-def load_kernel() -> tuple[AmxAttention | None, KernelStatus]:
-    """The AMX kernel when this machine can build and run it, else None; with the reason either way (cached)."""
+def load_kernel() -> tuple[NativeAttention | None, KernelStatus]:
+    """The best attention kernel this machine can build and run (AMX, else AVX512-BF16), else None; with the reason
+    either way (cached). ICLIGHT_CPU_ATTENTION=amx or avx512 asks for one kernel, sdpa for none."""
     mode = os.environ.get(MODE_ENV, "auto").strip().lower()
     if mode not in MODES:
         logger.warning("%s should be one of %s but is %r; using auto", MODE_ENV, ", ".join(MODES), mode)
+        mode = "auto"
     if mode == "sdpa":
         return None, KernelStatus(False, f"SDPA ({MODE_ENV}=sdpa)")
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
-        return None, KernelStatus(False, "SDPA (the AMX kernel is for Linux on x86-64)")
-    missing = [f for f in CPU_FLAGS if f not in cpu_flags()]
-    if missing:
-        return None, KernelStatus(False, f"SDPA (this CPU lacks {', '.join(missing)})")
+        return None, KernelStatus(False, "SDPA (the attention kernels are for Linux on x86-64)")
+    kinds = [KERNELS[mode]] if mode in KERNELS else list(KERNELS.values())
+    usable = [kind for kind in kinds if all(flag in cpu_flags() for flag in kind.CPU_FLAGS)]
+    if not usable:
+        missing = [flag for flag in kinds[-1].CPU_FLAGS if flag not in cpu_flags()]
+        wanted = " nor ".join(kind.NAME for kind in kinds)
+        return None, KernelStatus(False, f"SDPA (this CPU has no {wanted}: it lacks {', '.join(missing)})")
     compiler = find_compiler()
     if compiler is None:
-        return None, KernelStatus(False, "SDPA (no C compiler found to build the AMX kernel; install gcc)")
-    try:
-        try:
-            library = build_library(compiler, cache_dir())
-        except OSError:  # cache folder not writable: build in a private temporary folder instead
-            library = build_library(compiler, Path(tempfile.gettempdir()) / f"iclight-{os.getuid()}")
-        kernel = AmxAttention(library)
-        if not kernel.request_permission():
-            return None, KernelStatus(False, "SDPA (Linux refused AMX tile state; kernel 5.16+ is needed)")
-        error = self_test(kernel)
-    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-        return None, KernelStatus(False, f"SDPA (building the AMX kernel failed: {exc})")
-    if not error <= SELF_TEST_TOLERANCE:
-        return None, KernelStatus(False, f"SDPA (the AMX kernel's self-test was off by {error:.3g})")
-    threads = "PyTorch's OpenMP threads" if kernel.team else "its own threads"
-    return kernel, KernelStatus(True, f"AMX kernel ({kernel.library.name}, on {threads})")
+        reason = f"SDPA (no C compiler found to build the {usable[0].NAME} kernel; install gcc)"
+        return None, KernelStatus(False, reason)
+    failures = []
+    for kind in usable:
+        kernel, reason = _load(kind, compiler)
+        if kernel is not None:
+            return kernel, KernelStatus(True, reason)
+        logger.warning("CPU attention: %s", reason)
+        failures.append(reason)
+    return None, KernelStatus(False, failures[0])
 
 
 def has_plain_layers(attn) -> bool:
@@ -226,13 +324,13 @@ def has_plain_layers(attn) -> bool:
 
 
 class CPUAttnProcessor:
-    """diffusers attention processor: the AMX kernel for the plain attention it supports, SDPA otherwise.
+    """diffusers attention processor: the native kernel for the plain attention it supports, SDPA otherwise.
 
     SD 1.5 attention blocks are plain (no spatial/group/cross norms, no residual inside, no mask), which is the
     path written out here; any other block goes to diffusers' own `AttnProcessor2_0`.
     """
 
-    def __init__(self, kernel: AmxAttention | None) -> None:
+    def __init__(self, kernel: NativeAttention | None) -> None:
         from diffusers.models.attention_processor import AttnProcessor2_0
 
         self.kernel = kernel
@@ -252,7 +350,12 @@ class CPUAttnProcessor:
 
 
 def attend(
-    kernel: AmxAttention | None, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, heads: int, scale: float
+    kernel: NativeAttention | None,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    heads: int,
+    scale: float,
 ) -> torch.Tensor:
     """softmax(q k^T * scale) v over `heads` heads: [B, N, heads*D] projections in, [B, Nq, heads*D] out.
 
@@ -274,7 +377,7 @@ def attend(
 
 
 def install(unet: torch.nn.Module) -> KernelStatus:
-    """Route a diffusers UNet's attention through the AMX kernel when this machine has it; returns what is used."""
+    """Route a diffusers UNet's attention through a native kernel when this machine has one; returns what is used."""
     kernel, status = load_kernel()
     if kernel is not None:
         unet.set_attn_processor(CPUAttnProcessor(kernel))

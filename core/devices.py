@@ -34,7 +34,7 @@ class Placement:
     channels_last: bool = False  # NHWC convolutions: faster on CPU with oneDNN
     offload: bool = False  # low-VRAM: keep models on CPU, move each to the GPU only while it runs
     vae_tiling: bool = False  # low-VRAM: decode/encode the VAE in tiles
-    cpu_attention: bool = False  # bf16 on CPU: try the AMX attention kernel (core/cpu_attention.py), else SDPA
+    cpu_attention: bool = False  # bf16 on CPU: try a native attention kernel (core/cpu_attention.py), else SDPA
     cpu_fusion: bool = False  # bf16 on CPU: oneDNN packed weights and fused epilogues (core/cpu_fusion.py)
 
     @property

@@ -95,7 +95,7 @@ class ICLightModels:
     unet: ConcatConditionedUNet
     placement: Placement
     base_model: str
-    attention: str = "SDPA"  # which attention the UNet runs ("AMX kernel (...)" or "SDPA (why)")
+    attention: str = "SDPA"  # the UNet's attention: "AMX kernel (...)", "AVX512-BF16 kernel (...)" or "SDPA (why)"
     unet_ops: str = "eager"  # how the UNet's layers run ("fused oneDNN (...)" or "eager (why)")
 
     @property

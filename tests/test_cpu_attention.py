@@ -1,4 +1,6 @@
-"""The AMX attention kernel: numerics against SDPA, what it accepts, its fallbacks, and its use inside a UNet."""
+"""The native attention kernels (AMX, AVX512-BF16): numerics against SDPA, what they accept, fallbacks, use in a UNet.
+
+Every kernel test runs once per kernel this CPU can execute (both on Sapphire Rapids, AVX512-BF16 on Zen 4)."""
 
 from __future__ import annotations
 
@@ -12,10 +14,24 @@ import torch
 import torch.nn.functional as F
 
 from core import cpu_attention
-from core.cpu_attention import AmxAttention, CPUAttnProcessor, KernelStatus, attend, build_library, load_kernel
+from core.cpu_attention import (
+    AmxAttention,
+    Bf16Attention,
+    CPUAttnProcessor,
+    KernelStatus,
+    attend,
+    build_library,
+    load_kernel,
+)
 
-HAS_AMX = all(flag in cpu_attention.cpu_flags() for flag in cpu_attention.CPU_FLAGS)
-needs_amx = pytest.mark.skipif(not HAS_AMX, reason="this CPU has no AMX, so the kernel cannot run here")
+
+def runs_here(kind) -> bool:
+    return all(flag in cpu_attention.cpu_flags() for flag in kind.CPU_FLAGS)
+
+
+HAS_AMX = runs_here(AmxAttention)
+needs_amx = pytest.mark.skipif(not HAS_AMX, reason="this CPU has no AMX, so the AMX kernel cannot run here")
+needs_a_kernel = pytest.mark.skipif(not runs_here(Bf16Attention), reason="this CPU has no AVX512-BF16: no kernel runs")
 
 
 @pytest.fixture
@@ -27,10 +43,14 @@ def fresh_loader(monkeypatch, tmp_path):
     load_kernel.cache_clear()
 
 
-@pytest.fixture(scope="module")
-def kernel() -> AmxAttention:
-    kernel, status = load_kernel()
-    assert kernel is not None, status.reason
+@pytest.fixture(scope="module", params=[AmxAttention, Bf16Attention], ids=["amx", "avx512"])
+def kernel(request, tmp_path_factory):
+    """Each kernel this CPU can run, built into a private folder (so both are tested where both run)."""
+    kind = request.param
+    if not runs_here(kind):
+        pytest.skip(f"this CPU lacks {kind.NAME}, so that kernel cannot run here")
+    kernel = kind(build_library(cpu_attention.find_compiler(), tmp_path_factory.mktemp(kind.NAME), kind))
+    assert kernel.request_permission()
     return kernel
 
 
@@ -55,34 +75,56 @@ def errors(kernel, q, k, v, scale=None):
     return (ours - ref).abs().max().item(), (sdpa - ref).abs().max().item()
 
 
-@needs_amx
-def test_kernel_builds_on_amx_machines(kernel):
-    status = load_kernel()[1]
-    assert status.available and status.reason.startswith("AMX kernel")
-    assert kernel.library.is_file()
+@needs_a_kernel
+def test_load_kernel_picks_the_best_kernel_this_cpu_runs(fresh_loader):
+    kernel, status = fresh_loader()
+    best = AmxAttention if HAS_AMX else Bf16Attention
+    assert type(kernel) is best and status.available and status.reason.startswith(f"{best.NAME} kernel (")
+    assert kernel.library.is_file() and kernel.library.name.startswith(best.SOURCE.stem)
 
 
-@needs_amx
+@needs_a_kernel
+def test_mode_asks_for_one_kernel(fresh_loader, monkeypatch):
+    monkeypatch.setenv(cpu_attention.MODE_ENV, "avx512")
+    kernel, status = fresh_loader()
+    assert type(kernel) is Bf16Attention and status.reason.startswith("AVX512-BF16 kernel")
+    monkeypatch.setenv(cpu_attention.MODE_ENV, "amx")
+    fresh_loader.cache_clear()
+    kernel, status = fresh_loader()
+    if HAS_AMX:
+        assert type(kernel) is AmxAttention
+    else:
+        assert kernel is None and status.reason.startswith("SDPA (this CPU has no AMX: it lacks amx_tile")
+
+
 @pytest.mark.parametrize(
     "b,h,nq,nk,d",
     [
         (2, 8, 1024, 1024, 40),  # SD 1.5 level 1 at 256 x 256
         (1, 2, 300, 301, 40),  # tails: queries not a multiple of 16, odd key count
         (1, 1, 257, 4200, 40),  # keys span two chunks with a partial block; one query in the last tile
-        (1, 3, 512, 300, 34),  # smallest head size
-        (2, 1, 333, 1000, 46),  # largest head size
+        (1, 3, 512, 300, 34),  # the AMX kernel's smallest head size
+        (2, 1, 333, 1000, 46),  # the AMX kernel's largest head size
         (1, 2, 4096, 64, 40),  # few keys: one partial block
+        (2, 2, 520, 515, 80),  # SD 1.5 level 2 (AVX512-BF16 kernel only, as the rest below)
+        (1, 2, 300, 250, 160),  # SD 1.5 level 3
+        (1, 2, 270, 299, 64),  # SD 2
+        (1, 1, 256, 257, 6),  # tiny: two head dims per register group
+        (1, 1, 260, 300, 256),  # largest
+        (1, 1, 256, 300, 44),  # not a specialised size: the generic loop
     ],
 )
 @pytest.mark.parametrize("interleaved", [True, False])
 def test_kernel_matches_sdpa(kernel, b, h, nq, nk, d, interleaved):
+    if not kernel.head_dim_ok(d):
+        assert not kernel.supports(*qkv(1, 1, 512, 512, d))
+        return
     q, k, v = qkv(b, h, nq, nk, d, interleaved=interleaved)
     ours, sdpa = errors(kernel, q, k, v)
     # Both round to bf16 at the end; the kernel may not be meaningfully worse than PyTorch's own bf16 SDPA.
     assert ours <= 1.5 * sdpa + 1e-3, (ours, sdpa)
 
 
-@needs_amx
 def test_kernel_takes_queries_with_odd_strides(kernel):
     """Query rows are gathered a dim pair (32 bits) at a time when aligned; odd strides take the scalar path."""
     gen = torch.Generator().manual_seed(4)
@@ -94,7 +136,6 @@ def test_kernel_takes_queries_with_odd_strides(kernel):
     assert torch.equal(kernel(q, k, v), kernel(q.contiguous(), k, v))  # both paths give the same bits
 
 
-@needs_amx
 def test_kernel_writes_every_output_and_zeroes_its_padding(kernel, monkeypatch):
     """Scratch and output buffers start as whatever memory held (here NaN): the packer writes every padded key and
     the kernel every output element, so nothing stale leaks into the result."""
@@ -105,7 +146,6 @@ def test_kernel_writes_every_output_and_zeroes_its_padding(kernel, monkeypatch):
     assert ours <= 1.5 * sdpa + 1e-3, (ours, sdpa)
 
 
-@needs_amx
 def test_kernel_scale_and_peaky_scores(kernel):
     q, k, v = qkv(1, 2, 640, 640, 40, spread=6.0)  # logits in the hundreds: the running max must keep exp finite
     ours, sdpa = errors(kernel, q, k, v)
@@ -114,11 +154,10 @@ def test_kernel_scale_and_peaky_scores(kernel):
     assert ours <= 1.5 * sdpa + 1e-3
 
 
-@needs_amx
 @pytest.mark.parametrize("nk", [1000, 4200])
 def test_kernel_rescales_when_later_keys_score_higher(kernel, nk):
-    """The softmax keeps a lazy running maximum: scores that rise block after block, and one late key far above
-    all others, must both trigger the rescale (without it the spike's exp2 overflows to inf)."""
+    """The softmax keeps a running maximum: scores that rise block after block, and one late key far above all
+    others, must both move it (without the rescale the spike's exp2 overflows to inf)."""
     q, k, v = qkv(1, 2, 300, nk, 40, seed=5)
     rising = torch.linspace(0.2, 4.0, nk).view(1, 1, nk, 1)
     ours, sdpa = errors(kernel, q, (k.float() * rising).to(torch.bfloat16), v)
@@ -169,9 +208,8 @@ def test_kernel_leaves_torch_amx_kernels_alone(kernel):
         assert all(torch.equal(x, y) for x, y in zip(before, after, strict=True))
 
 
-@needs_amx
 def test_kernel_on_openmp_team_equals_own_threads(kernel):
-    own = AmxAttention(kernel.library, own_threads=True)
+    own = type(kernel)(kernel.library, own_threads=True)
     assert own.team is None
     for shape in ((2, 8, 1024, 1024, 40), (1, 3, 300, 77, 34)):
         q, k, v = qkv(*shape)
@@ -187,7 +225,6 @@ def test_openmp_team_is_found_only_when_loaded(tmp_path):
     assert found is not None and found == cpu_attention.openmp_team()
 
 
-@needs_amx
 def test_kernel_is_deterministic_and_thread_safe(kernel):
     inputs = [qkv(1, 4, 700, 700, 40, seed=s) for s in range(2)]
     expected = [kernel(*x) for x in inputs]
@@ -217,6 +254,11 @@ def test_supports_only_what_the_kernel_handles():
     assert not AmxAttention.supports(q, k[:, :1], v[:, :1])  # heads differ
     with torch.enable_grad():
         assert not AmxAttention.supports(q.clone().requires_grad_(), k, v)  # no backward
+    # The AVX512-BF16 kernel takes any even head size up to 256, with the same other limits.
+    assert all(Bf16Attention.supports(*qkv(1, 2, 512, 512, d)) for d in (2, 40, 64, 80, 160, 256))
+    assert not any(Bf16Attention.supports(*qkv(1, 2, 512, 512, d)) for d in (39, 258))
+    assert not Bf16Attention.supports(*qkv(1, 2, 64, 77, 40))
+    assert not Bf16Attention.supports(q.float(), k.float(), v.float())
 
 
 def test_sdpa_mode_skips_the_kernel(fresh_loader, monkeypatch):
@@ -225,17 +267,19 @@ def test_sdpa_mode_skips_the_kernel(fresh_loader, monkeypatch):
     assert kernel is None and not status.available and "ICLIGHT_CPU_ATTENTION=sdpa" in status.reason
 
 
-def test_cpu_without_amx_uses_sdpa(fresh_loader, monkeypatch):
+def test_cpu_without_bf16_instructions_uses_sdpa(fresh_loader, monkeypatch):
     monkeypatch.setattr(cpu_attention, "cpu_flags", lambda: {"avx512f", "avx2"})
     kernel, status = fresh_loader()
-    assert kernel is None and "lacks" in status.reason and "amx_tile" in status.reason
+    assert kernel is None and status.reason.startswith("SDPA (this CPU has no AMX nor AVX512-BF16: it lacks ")
+    assert "avx512_bf16" in status.reason
 
 
-@needs_amx
+@needs_a_kernel
 def test_missing_or_failing_compiler_falls_back(fresh_loader, monkeypatch, tmp_path):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     kernel, status = fresh_loader()
-    assert kernel is None and "building the AMX kernel failed" in status.reason
+    best = AmxAttention if HAS_AMX else Bf16Attention
+    assert kernel is None and f"building the {best.NAME} kernel failed" in status.reason
 
     broken = tmp_path / "broken-cc"
     broken.write_text("#!/bin/sh\necho 'fake 1.0'\n[ \"$1\" = --version ] && exit 0\necho 'error: no' >&2\nexit 1\n")
@@ -247,7 +291,7 @@ def test_missing_or_failing_compiler_falls_back(fresh_loader, monkeypatch, tmp_p
     assert not list((tmp_path / "cache").glob("*.so"))  # no half-written library left behind
 
 
-@needs_amx
+@needs_a_kernel
 def test_unwritable_cache_folder_builds_in_a_temp_folder(fresh_loader, monkeypatch, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
@@ -257,12 +301,13 @@ def test_unwritable_cache_folder_builds_in_a_temp_folder(fresh_loader, monkeypat
     assert kernel.library.parent.name.startswith("iclight-") and blocker.is_file()
 
 
-@needs_amx
+@needs_a_kernel
 def test_library_is_built_once(tmp_path):
     compiler = cpu_attention.find_compiler()
-    first = build_library(compiler, tmp_path)
+    first = build_library(compiler, tmp_path, Bf16Attention)
     stamp = first.stat().st_mtime_ns
-    assert build_library(compiler, tmp_path) == first and first.stat().st_mtime_ns == stamp
+    assert build_library(compiler, tmp_path, Bf16Attention) == first and first.stat().st_mtime_ns == stamp
+    assert build_library(compiler, tmp_path, AmxAttention) != first  # each kernel its own library
 
 
 def attention_module(dim=320, heads=8, cross_dim=None, **kwargs):
@@ -274,7 +319,6 @@ def attention_module(dim=320, heads=8, cross_dim=None, **kwargs):
     )
 
 
-@needs_amx
 def test_processor_matches_diffusers_sdpa(kernel):
     from diffusers.models.attention_processor import AttnProcessor2_0
 
@@ -308,8 +352,8 @@ def test_processor_falls_back_to_diffusers_exactly():
             assert torch.equal(attn(x, **kwargs), expected)
 
 
-@needs_amx
-def test_unet_runs_the_kernel_and_matches_sdpa(kernel, monkeypatch):
+@needs_a_kernel
+def test_unet_runs_the_kernel_and_matches_sdpa(monkeypatch):
     """A small UNet whose first level has SD 1.5's head size (40) at 4,096 tokens: the kernel runs and agrees."""
     from diffusers import UNet2DConditionModel
 
@@ -326,13 +370,14 @@ def test_unet_runs_the_kernel_and_matches_sdpa(kernel, monkeypatch):
     ).to(torch.bfloat16)
     args = (torch.randn(1, 4, 64, 64).bfloat16(), torch.tensor(10), torch.randn(1, 77, 32).bfloat16())
     calls = []
-    original = AmxAttention.__call__
+    kind = type(load_kernel()[0])
+    original = kind.__call__
     with torch.inference_mode():
         expected = unet(*args).sample.float()
         status = cpu_attention.install(unet)
-        monkeypatch.setattr(AmxAttention, "__call__", lambda self, *a: calls.append(a[0].shape) or original(self, *a))
+        monkeypatch.setattr(kind, "__call__", lambda self, *a: calls.append(a[0].shape) or original(self, *a))
         got = unet(*args).sample.float()
-    assert status.available and calls and all(shape[-2:] == (4096, 40) for shape in calls)
+    assert status.available and (1, 2, 4096, 40) in calls and all(kind.head_dim_ok(s[-1]) for s in calls)
     rel = (got - expected).norm() / expected.norm()
     assert rel < 0.02, rel
 
@@ -348,7 +393,7 @@ def test_install_reports_sdpa_without_touching_the_unet(fresh_loader, monkeypatc
     assert isinstance(attn.processor, AttnProcessor2_0)
 
 
-@needs_amx
+@needs_a_kernel
 def test_manager_uses_the_kernel_for_bf16_cpu(tiny_paths):
     from core.manager import ModelManager, ModelSettings
 
@@ -357,8 +402,9 @@ def test_manager_uses_the_kernel_for_bf16_cpu(tiny_paths):
     manager = ModelManager(settings)
     assert manager.placement.cpu_attention
     models = manager.get("fc")
-    assert models.attention.startswith("AMX kernel")
-    assert "attention AMX kernel" in manager.describe("fc") and "attention AMX" in models.describe()
+    name = (AmxAttention if HAS_AMX else Bf16Attention).NAME
+    assert models.attention.startswith(f"{name} kernel")
+    assert f"attention {name} kernel" in manager.describe("fc") and f"attention {name}" in models.describe()
     processors = models.unet.unet.attn_processors.values()
     assert processors and all(isinstance(p, CPUAttnProcessor) for p in processors)
 

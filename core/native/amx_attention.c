@@ -18,18 +18,18 @@
 #define _GNU_SOURCE
 #include <immintrin.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "common.h"
+
 #define QT 16          /* queries per tile (one per SIMD lane) */
 #define DPAD 48        /* head dim plus the ones row, rounded up to three 16-row output tiles */
 #define BF16_ONE 0x3F80
 #define LAZY_BITS 8.0f /* how far (base 2) a score may exceed the running max before O^T is rescaled */
-#define MAX_THREADS 256
 #define ARCH_REQ_XCOMP_PERM 0x1023
 #define XFEATURE_XTILEDATA 18
 
@@ -41,26 +41,6 @@ typedef struct __attribute__((packed)) {
 
 /* Ask Linux for permission to use AMX tile data in this process (kernel 5.16+). 0 on success. */
 int amx_request(void) { return (int)syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA); }
-
-/* 2^t = 2^floor(t) * 2^f with f in [0, 1): a degree-3 least-squares fit, relative error < 1.4e-4, well inside what
- * the bf16 probabilities keep (3.9e-3); a degree-4 fit measured ~10% slower on the whole kernel. */
-static inline __m512 exp2_fast(__m512 t) {
-  const __m512 f = _mm512_reduce_ps(t, 0x09); /* t - floor(t), no precision exception */
-  __m512 p = _mm512_set1_ps(7.78231349e-02f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.25868407e-01f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.96172114e-01f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.99863694e-01f));
-  return _mm512_scalef_ps(p, t); /* scalef uses floor(t); underflows cleanly to 0 */
-}
-
-/* Two rows of probabilities (keys 2p, 2p+1) as one row of VNNI pairs: each 32-bit lane holds (bf16(e0), bf16(e1))
- * for one query. Rounds half up, which for these non-negative finite values is round-to-nearest. */
-static inline __m512i vnni_pair(__m512 e0, __m512 e1) {
-  const __m512i half = _mm512_set1_epi32(0x8000);
-  const __m512i lo = _mm512_srli_epi32(_mm512_add_epi32(_mm512_castps_si512(e0), half), 16);
-  const __m512i hi = _mm512_add_epi32(_mm512_castps_si512(e1), half);
-  return _mm512_ternarylogic_epi32(hi, lo, _mm512_set1_epi32((int)0xFFFF0000u), 0xEC); /* (hi & mask) | lo */
-}
 
 typedef struct {
   const uint16_t *q, *kp, *vt; /* kp: packed K [BH][ldk][D]; vt: packed V^T [BH][DPAD][ldk], row D all ones */
@@ -308,48 +288,14 @@ int64_t amx_scratch_elems(int64_t B, int64_t H, int64_t Nk, int64_t D, int64_t b
   return B * H * ldk * (D + DPAD);
 }
 
-/* q, k, v: bf16 [B, H, N, D] with unit stride on D (any other strides); out: bf16 [B, Nq, H, D] contiguous.
- * Returns 0 on success, 1 for unsupported arguments, 2 when threads or memory could not be had. */
-/* GOMP_parallel as exported by libgomp (and by Intel's libiomp5): runs fn(data) on a team of num_threads. */
-typedef void (*gomp_parallel_t)(void (*fn)(void *), void *data, unsigned num_threads, unsigned flags);
-
-typedef struct {
-  void *(*fn)(void *);
-  char *items;
-  size_t size;
-  int64_t n, next;
-} team_t;
-
 /* One OpenMP team member: takes items until none are left. These are PyTorch's own threads, whose tile
  * configuration oneDNN may have set and cached (it skips reconfiguring when its palette is still loaded), so the
  * configuration found on entry is put back before returning. */
 static void team_member(void *arg) {
-  team_t *t = (team_t *)arg;
   tilecfg_t saved;
   _tile_storeconfig(&saved); /* all zeros when no tiles are configured */
-  for (;;) {
-    const int64_t i = __atomic_fetch_add(&t->next, 1, __ATOMIC_RELAXED);
-    if (i >= t->n) break;
-    t->fn(t->items + i * t->size);
-  }
+  team_take_items((team_t *)arg);
   if (saved.palette_id) _tile_loadconfig(&saved);
-}
-
-/* Run fn on each of n items, one per thread: on the caller's OpenMP team when `gomp` is given (the threads PyTorch's
- * own operators run on; fresh threads would compete with that team's idle spinning for the same cores), else on
- * fresh POSIX threads. 0 on success, 2 when threads could not be had. */
-static int run_all(gomp_parallel_t gomp, void *(*fn)(void *), void *items, size_t size, int64_t n) {
-  if (gomp) {
-    team_t t = {fn, (char *)items, size, n, 0};
-    gomp(team_member, &t, (unsigned)n, 0);
-    return 0;
-  }
-  pthread_t th[MAX_THREADS];
-  int64_t started = 0;
-  for (; started < n; ++started)
-    if (pthread_create(&th[started], NULL, fn, (char *)items + started * size)) break;
-  for (int64_t i = 0; i < started; ++i) pthread_join(th[i], NULL);
-  return started < n ? 2 : 0;
 }
 
 /* q, k, v: bf16 [B, H, N, D] with unit stride on D (any other strides); out: bf16 [B, Nq, H, D] contiguous.
@@ -360,21 +306,21 @@ int amx_attention(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint1
                   int64_t ks0, int64_t ks1, int64_t ks2, int64_t vs0, int64_t vs1, int64_t vs2, double scale,
                   int64_t block, int64_t chunk, int64_t nthreads, void *gomp) {
   if (D <= 32 || D >= DPAD || (D & 1) || !(scale > 0) || block <= 0 || block % 32 || chunk <= 0 ||
-      chunk % block || Nq <= 0 || Nk <= 0 || B <= 0 || H <= 0 || nthreads < 1 || nthreads > MAX_THREADS)
+      chunk % block || Nq <= 0 || Nk <= 0 || B <= 0 || H <= 0 || nthreads < 1 || nthreads > TEAM_MAX_THREADS)
     return 1;
   const int64_t ldk = padded_keys(Nk, block), BH = B * H;
   uint16_t *kp = scratch, *vt = scratch + BH * ldk * D;
-  pack_t pk[MAX_THREADS];
-  job_t jobs[MAX_THREADS];
+  pack_t pk[TEAM_MAX_THREADS];
+  job_t jobs[TEAM_MAX_THREADS];
   for (int64_t i = 0; i < nthreads; ++i)
     pk[i] = (pack_t){k, v, kp, vt, H, Nk, D, ldk, ks0, ks1, ks2, vs0, vs1, vs2, BH * i / nthreads,
                      BH * (i + 1) / nthreads};
-  if (run_all((gomp_parallel_t)gomp, packer, pk, sizeof pk[0], nthreads)) return 2;
+  if (team_run((gomp_parallel_t)gomp, team_member, packer, pk, sizeof pk[0], nthreads)) return 2;
   const int64_t ntasks = BH * ((Nq + QT - 1) / QT);
   for (int64_t i = 0; i < nthreads; ++i)
     jobs[i] = (job_t){q, kp, vt, out, H, Nq, Nk, D, ldk, block, chunk, qs0, qs1, qs2,
                       (float)(scale * 1.4426950408889634), ntasks * i / nthreads, ntasks * (i + 1) / nthreads, 0};
-  if (run_all((gomp_parallel_t)gomp, worker, jobs, sizeof jobs[0], nthreads)) return 2;
+  if (team_run((gomp_parallel_t)gomp, team_member, worker, jobs, sizeof jobs[0], nthreads)) return 2;
   for (int64_t i = 0; i < nthreads; ++i)
     if (jobs[i].failed) return 2;
   return 0;
