@@ -7,7 +7,7 @@ softmax one query per SIMD lane:
 - `native/amx_attention.c` for CPUs with AMX (Intel Sapphire Rapids and newer), head sizes 34..46: both products
   on AMX tiles; 2.7x faster than SDPA at 5,120 tokens on two Sapphire Rapids cores (`bench/attention_cpu.py`);
 - `native/bf16_attention.c` for CPUs with AVX512-BF16 but no AMX (AMD Zen 4 and newer, Intel Cooper Lake), any
-  even head size up to 256: both products on `vdpbf16ps`; 3.3x faster than SDPA at 5,120 tokens on two Zen 4 cores.
+  even head size up to 256: both products on `vdpbf16ps`; 3.2x faster than SDPA at 5,120 tokens on two Zen 4 cores.
 
 The kernel is compiled with the system C compiler into a cache folder on first use, checked against SDPA, and used
 only for what it supports; anything else (no compiler, neither instruction set, other head sizes, masks,

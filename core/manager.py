@@ -249,10 +249,11 @@ class ModelManager:
         if placement.channels_last:
             unet.to(memory_format=torch.channels_last)
             vae.to(memory_format=torch.channels_last)
-        unet_ops = "eager"
+        unet_ops, fused = "eager", False
         if placement.cpu_fusion:  # after channels_last: the packed weights are opaque to .to()
             kernel = cpu_attention.load_kernel()[0] if placement.cpu_attention else None
-            unet_ops = cpu_fusion.install(unet, kernel).reason
+            status = cpu_fusion.install(unet, kernel)
+            unet_ops, fused = status.reason, status.applied
         if placement.vae_tiling and hasattr(vae, "enable_tiling"):
             vae.enable_tiling()
         release_cpu_memory()
@@ -261,7 +262,7 @@ class ModelManager:
             tokenizer=base.tokenizer,
             text_encoder=text_encoder,
             vae=vae,
-            unet=ConcatConditionedUNet(unet),
+            unet=ConcatConditionedUNet(unet, share_batch=fused),
             placement=placement,
             base_model=self.settings.base_model,
             attention=attention,

@@ -61,9 +61,12 @@ StepCallback = Callable[[StepInfo], None]
 class ConcatConditionedUNet(torch.nn.Module):
     """IC-Light's UNet: condition latents are concatenated to the noisy latents on the channel axis."""
 
-    def __init__(self, unet: torch.nn.Module) -> None:
+    def __init__(self, unet: torch.nn.Module, share_batch: bool = False) -> None:
         super().__init__()
         self.unet = unet
+        # The UNet computes a stride-0 batch of identical items once where it can (core/cpu_fusion.py): classifier-
+        # free guidance feeds the same latents twice, and the halves only differ from the first cross-attention on.
+        self.share_batch = share_batch
 
     @property
     def in_channels(self) -> int:
@@ -77,6 +80,8 @@ class ConcatConditionedUNet(torch.nn.Module):
         sample = torch.cat([sample, concat], dim=1)
         if sample.shape[1] != self.in_channels:
             raise ValueError(f"UNet expects {self.in_channels} input channels but got {sample.shape[1]}")
+        if self.share_batch and sample.shape[0] > 1 and torch.equal(sample, sample[:1].expand_as(sample)):
+            sample = sample[:1].expand_as(sample)  # one item, held once
         return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
 
 

@@ -260,6 +260,7 @@ def test_manager_fuses_bf16_cpu_and_relights(tiny_paths, fg_image, bg_image):
     assert manager.placement.cpu_fusion
     models = manager.get("fc")
     assert models.unet_ops.startswith("fused oneDNN") and "UNet fused oneDNN" in manager.describe("fc")
+    assert models.unet.share_batch  # CFG's duplicated latents reach the fused UNet held once
     params = RelightParams.for_mode("fc", prompt="sunlight", width=64, height=64, steps=2, seed=3)
     out = relight(models, fg_image, params)
     assert out.images[0].shape == (128, 128, 3) and out.images[0].dtype == np.uint8
@@ -275,7 +276,7 @@ def test_manager_fuses_bf16_cpu_and_relights(tiny_paths, fg_image, bg_image):
 
 def test_fp32_keeps_eager_modules(fc_models):
     """The seed-exact fp32 path is never rewritten."""
-    assert not fc_models.placement.cpu_fusion and fc_models.unet_ops == "eager"
+    assert not fc_models.placement.cpu_fusion and fc_models.unet_ops == "eager" and not fc_models.unet.share_batch
     assert not any(isinstance(m, (PackedConv2d, PackedLinear)) for m in fc_models.unet.modules())
 
 
@@ -308,3 +309,92 @@ def test_fusing_twice_changes_nothing():
     assert resnets and not any(isinstance(m.block, FusedResnetBlock2D) for m in resnets)
     assert torch.equal(run(fused, x, torch.tensor(9), context), before)
     assert all(not m.training for m in fused.modules())  # wrappers inherit eval mode
+
+
+def batch_sizes_seen(fused, run_once):
+    """Batch size each packed layer computed in one call, by module name (its last input, via pre-hooks)."""
+    seen, handles = {}, []
+    for name, module in fused.named_modules():
+        if isinstance(module, (PackedConv2d, PackedLinear)):
+
+            def hook(module, args, name=name):
+                seen[name] = args[0].shape[0]  # a conv given a stride-0 batch calls itself again on one item
+
+            handles.append(module.register_forward_pre_hook(hook))
+    try:
+        run_once()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_shared_batch_runs_the_prefix_once_and_agrees(dtype):
+    """Identical latents held once (stride 0, as CFG passes them) run once up to the first cross-attention; the
+    answer is the full batch's."""
+    eager, fused = pair(small_unet(), dtype)
+    one, context = inputs(dtype, batch=1)[0], inputs(dtype, batch=2)[1]  # the two items' contexts differ
+    full, shared = one.repeat(2, 1, 1, 1), one.expand(2, -1, -1, -1)
+    assert cpu_fusion.shared_batch(shared) and not cpu_fusion.shared_batch(full)
+    expected = run(fused, full, torch.tensor(50), context)
+    got = None
+
+    def once():
+        nonlocal got
+        got = run(fused, shared, torch.tensor(50), context)
+
+    sizes = batch_sizes_seen(fused, once)
+    tol = dict(atol=2e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=0.03, rtol=0.03)
+    assert torch.allclose(got, expected, **tol), (got - expected).abs().max()
+    assert torch.allclose(got, run(eager, full, torch.tensor(50), context), **tol)
+    assert not torch.allclose(got[0], got[1], atol=1e-3)  # the contexts made the halves differ
+    first = "down_blocks.0.attentions.0.model.transformer_blocks.0"
+    resnet = "down_blocks.0.resnets.0.block"
+    once_only = ["conv_in", f"{resnet}.time_emb_proj", f"{resnet}.conv1", f"{resnet}.conv2",
+                 "down_blocks.0.attentions.0.model.proj_in", f"{first}.attn1.to_q", f"{first}.attn1.to_k",
+                 f"{first}.attn1.to_v", f"{first}.attn1.to_out.0"]  # fmt: skip
+    assert {name: sizes[name] for name in once_only} == dict.fromkeys(once_only, 1)
+    # From the cross-attention on, and everywhere else, the whole batch.
+    assert sizes[f"{first}.attn2.to_q"] == 2 and sizes["down_blocks.0.resnets.1.block.conv1"] == 2
+    assert sizes["down_blocks.0.attentions.0.model.proj_out"] == 2 and sizes["conv_out"] == 2
+    assert sorted(name for name, size in sizes.items() if size == 1) == sorted(once_only)
+
+
+def test_shared_batch_needs_one_timestep():
+    """Per-item timesteps make the items differ from the first resnet on: that resnet runs the whole batch."""
+    _, fused = pair(small_unet(), torch.float32)
+    one, context = inputs(torch.float32, batch=1)[0], inputs(torch.float32, batch=2)[1]
+    timesteps = torch.tensor([50, 900])
+    expected = run(fused, one.repeat(2, 1, 1, 1), timesteps, context)
+    got = None
+
+    def once():
+        nonlocal got
+        got = run(fused, one.expand(2, -1, -1, -1), timesteps, context)
+
+    sizes = batch_sizes_seen(fused, once)
+    assert sizes["conv_in"] == 1 and sizes["down_blocks.0.resnets.0.block.conv1"] == 2
+    assert torch.allclose(got, expected, atol=2e-5, rtol=1e-4)
+
+
+def test_concat_unet_shares_only_identical_batches():
+    """ConcatConditionedUNet hands the UNet a stride-0 batch only when asked to and when every item is the same."""
+    from core.sampling import ConcatConditionedUNet
+
+    seen = []
+
+    class Probe(nn.Module):
+        conv_in = nn.Conv2d(8, 4, 1)
+
+        def forward(self, sample, timestep, encoder_hidden_states, return_dict):
+            seen.append(cpu_fusion.shared_batch(sample))
+            return (sample[:, :4].contiguous(),)
+
+    latents, concat, context = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8), torch.randn(2, 77, 24)
+    for share in (False, True):
+        unet = ConcatConditionedUNet(Probe(), share_batch=share)
+        out = unet(torch.cat([latents, latents]), 10, context, concat)
+        assert torch.equal(out, torch.cat([latents, latents]))
+        unet(torch.cat([latents, latents + 1]), 10, context, concat)
+    assert seen == [False, False, True, False]
