@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core import cpu_attention
+from core import cpu_attention, cpu_ops
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,19 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
     if x.dim() == 4 and not x.is_contiguous(memory_format=torch.channels_last):
         return x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+def group_norm(ops: cpu_ops.NativeOps | None, norm: nn.Module, x: torch.Tensor, silu: bool = False) -> torch.Tensor:
+    """norm(x), then SiLU when `silu`: in one pass by the native ops where they take it, else PyTorch's."""
+    if ops is not None and ops.group_norm_ok(x, norm):
+        return ops.group_norm(x, norm, silu)
+    out = norm(x)
+    return F.silu(out, inplace=True) if silu else out
+
+
+def layer_norm(ops: cpu_ops.NativeOps | None, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """norm(x) by the native ops where they take it, else PyTorch's."""
+    return ops.layer_norm(x, norm) if ops is not None and ops.layer_norm_ok(x, norm) else norm(x)
 
 
 def unavailable_reason(dtype: torch.dtype) -> str | None:
@@ -203,9 +216,10 @@ class FusedGEGLU(nn.Module):
 class FusedResnetBlock2D(nn.Module):
     """diffusers ResnetBlock2D as SD 1.5 configures it, with the shortcut added in conv2's epilogue."""
 
-    def __init__(self, block: nn.Module) -> None:
+    def __init__(self, block: nn.Module, ops: cpu_ops.NativeOps | None = None) -> None:
         super().__init__()
         self.block = block  # its convs are packed too; its own forward runs whatever this one does not take
+        self.ops = ops  # GroupNorm + SiLU in one pass, when given
 
     @staticmethod
     def supports(block: nn.Module) -> bool:
@@ -233,7 +247,7 @@ class FusedResnetBlock2D(nn.Module):
 
     def _run(self, input_tensor: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
         b = self.block
-        hidden = F.silu(b.norm1(input_tensor), inplace=True)
+        hidden = group_norm(self.ops, b.norm1, input_tensor, silu=True)
         shift = None
         if temb is not None and b.time_emb_proj is not None:
             shift = b.time_emb_proj(F.silu(temb))
@@ -245,7 +259,7 @@ class FusedResnetBlock2D(nn.Module):
             hidden = b.conv1(hidden)
             if shift is not None:
                 hidden = hidden + shift[:, :, None, None]
-        hidden = F.silu(b.norm2(hidden), inplace=True)
+        hidden = group_norm(self.ops, b.norm2, hidden, silu=True)
         shortcut = input_tensor if b.conv_shortcut is None else b.conv_shortcut(input_tensor)
         return b.conv2(hidden, residual=shortcut)
 
@@ -290,10 +304,13 @@ def _plain_transformer_block(block: nn.Module) -> bool:
 class FusedTransformer2D(nn.Module):
     """diffusers Transformer2DModel (continuous input, SD 1.5 blocks) on NHWC tokens with fused residuals."""
 
-    def __init__(self, model: nn.Module, kernel: cpu_attention.NativeAttention | None) -> None:
+    def __init__(
+        self, model: nn.Module, kernel: cpu_attention.NativeAttention | None, ops: cpu_ops.NativeOps | None = None
+    ) -> None:
         super().__init__()
         self.model = model  # its layers are packed too; its own forward runs whatever this one does not take
         self.kernel = kernel
+        self.ops = ops  # the norms, when given
 
     @staticmethod
     def supports(model: nn.Module) -> bool:
@@ -331,7 +348,7 @@ class FusedTransformer2D(nn.Module):
         tokens = lambda t: t.permute(0, 2, 3, 1).reshape(t.shape[0], height * width, t.shape[1])  # noqa: E731
         image = lambda t: t.view(t.shape[0], height, width, t.shape[-1]).permute(0, 3, 1, 2)  # noqa: E731
         # A stride-0 batch of identical items stays one item until the first cross-attention (in `_block`).
-        normed = m.norm(hidden_states[:1] if shared_batch(hidden_states) else hidden_states)
+        normed = group_norm(self.ops, m.norm, hidden_states[:1] if shared_batch(hidden_states) else hidden_states)
         hidden = m.proj_in(tokens(normed)) if m.use_linear_projection else tokens(m.proj_in(normed))
         for block in m.transformer_blocks:
             hidden = self._block(block, hidden, encoder_hidden_states, batch)
@@ -350,11 +367,11 @@ class FusedTransformer2D(nn.Module):
 
         `hidden` may hold one item of a batch of `batch` identical ones: the self-attention runs on it once and the
         batch is materialised for the cross-attention, where the items' contexts differ."""
-        hidden = self._attention(block.attn1, block.norm1(hidden), None, hidden)
+        hidden = self._attention(block.attn1, layer_norm(self.ops, block.norm1, hidden), None, hidden)
         if hidden.shape[0] != batch:
             hidden = broadcast(hidden, batch).contiguous()
-        hidden = self._attention(block.attn2, block.norm2(hidden), context, hidden)
-        return block.ff.net[2](block.ff.net[0](block.norm3(hidden)), hidden)
+        hidden = self._attention(block.attn2, layer_norm(self.ops, block.norm2, hidden), context, hidden)
+        return block.ff.net[2](block.ff.net[0](layer_norm(self.ops, block.norm3, hidden)), hidden)
 
     def _attention(
         self, attn: nn.Module, x: torch.Tensor, context: torch.Tensor | None, residual: torch.Tensor
@@ -383,15 +400,17 @@ def _swap(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
 
 
-def fuse_unet(unet: nn.Module, kernel: cpu_attention.NativeAttention | None = None) -> dict[str, int]:
+def fuse_unet(
+    unet: nn.Module, kernel: cpu_attention.NativeAttention | None = None, ops: cpu_ops.NativeOps | None = None
+) -> dict[str, int]:
     """Rewrite a diffusers UNet in place for the fused path; returns how many modules of each kind changed.
 
     Blocks are wrapped first, then GEGLUs and every remaining Conv2d and Linear are packed one at a time, each
     original dropped as soon as its packed copy is in place (so the weights are never held twice).
     """
     counts = {"transformers": 0, "resnets": 0, "geglu": 0, "conv": 0, "linear": 0}
-    wrappers = ((FusedTransformer2D, "transformers", lambda m: FusedTransformer2D(m, kernel)),
-                (FusedResnetBlock2D, "resnets", FusedResnetBlock2D))  # fmt: skip
+    wrappers = ((FusedTransformer2D, "transformers", lambda m: FusedTransformer2D(m, kernel, ops)),
+                (FusedResnetBlock2D, "resnets", lambda m: FusedResnetBlock2D(m, ops)))  # fmt: skip
     packers = ((FusedGEGLU, "geglu", FusedGEGLU), (PackedConv2d, "conv", PackedConv2d),
                (PackedLinear, "linear", PackedLinear.from_linear))  # fmt: skip
     for stage in (wrappers, packers):
@@ -416,8 +435,12 @@ def fuse_unet(unet: nn.Module, kernel: cpu_attention.NativeAttention | None = No
     return counts
 
 
-def install(unet: nn.Module, kernel: cpu_attention.NativeAttention | None = None) -> FusionStatus:
-    """Fuse a bf16/fp32 CPU UNet when this PyTorch can; returns what was done (or why not) for the status line."""
+def install(
+    unet: nn.Module, kernel: cpu_attention.NativeAttention | None = None, ops: cpu_ops.NativeOps | None = None
+) -> FusionStatus:
+    """Fuse a bf16/fp32 CPU UNet when this PyTorch can; returns what was done (or why not) for the status line.
+
+    `kernel` runs the attention and `ops` the norms where they take the inputs (bf16); PyTorch runs the rest."""
     mode = os.environ.get(MODE_ENV, "auto").strip().lower()
     if mode not in MODES:
         logger.warning("%s should be one of %s but is %r; using auto", MODE_ENV, ", ".join(MODES), mode)
@@ -428,6 +451,6 @@ def install(unet: nn.Module, kernel: cpu_attention.NativeAttention | None = None
     if reason is not None:
         return FusionStatus(False, f"eager ({reason})")
     with torch.no_grad():
-        counts = fuse_unet(unet, kernel)
+        counts = fuse_unet(unet, kernel, ops)
     logger.info("fused CPU UNet: %s", counts)
     return FusionStatus(True, f"fused oneDNN ({counts['transformers']} transformers, {counts['resnets']} resnets)")

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from core import cpu_attention, cpu_fusion
+from core import cpu_attention, cpu_fusion, cpu_ops
 from core.devices import Placement, env_flag, release_cpu_memory, resolve_placement
 from core.loading import (
     DEFAULT_BASE_MODEL,
@@ -252,8 +252,11 @@ class ModelManager:
         unet_ops, fused = "eager", False
         if placement.cpu_fusion:  # after channels_last: the packed weights are opaque to .to()
             kernel = cpu_attention.load_kernel()[0] if placement.cpu_attention else None
-            status = cpu_fusion.install(unet, kernel)
+            ops, ops_reason = cpu_ops.load_ops() if placement.unet_dtype == torch.bfloat16 else (None, "")
+            status = cpu_fusion.install(unet, kernel, ops)
             unet_ops, fused = status.reason, status.applied
+            if fused and ops_reason:
+                unet_ops += f", norms {ops_reason}"
         if placement.vae_tiling and hasattr(vae, "enable_tiling"):
             vae.enable_tiling()
         release_cpu_memory()
