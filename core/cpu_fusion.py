@@ -40,6 +40,11 @@ logger = logging.getLogger(__name__)
 MODE_ENV = "ICLIGHT_CPU_FUSION"  # auto (default) or off
 MODES = ("auto", "off")
 PACK_ROWS = 4096  # typical GEMM row count, a hint for oneDNN's weight layout (results do not depend on it)
+# 3x3 convolutions with this many channels in and out (SD 1.5's two deepest levels) run as im2col GEMMs: oneDNN's
+# bf16 convolution is 14-25 % slower than its GEMM on the same [pixels, 9 * 1280] x [9 * 1280, 1280] product from
+# 10 x 8 to 30 x 24 pixels on Sapphire Rapids (the im2col copy included); with 640 channels or concatenated skip
+# inputs (1920, 2560) the convolution is the faster one, so those stay convolutions.
+GEMM_CONV_CHANNELS = 1280
 _OPS = ("_reorder_linear_weight", "_linear_pointwise", "_reorder_convolution_weight", "_convolution_pointwise")
 
 
@@ -134,7 +139,8 @@ class PackedConv2d(nn.Module):
 
     A 1x1 convolution (stride 1, no padding, no groups) runs as a GEMM on the NHWC tokens instead: the same math,
     and oneDNN's bf16 1x1 convolution kernels are up to 30x slower than its GEMM on AMD Zen 4 at SD 1.5's deep
-    levels (1280 -> 1280 channels on 20 x 16 pixels: 80 ms against 9.5 ms).
+    levels (1280 -> 1280 channels on 20 x 16 pixels: 80 ms against 9.5 ms). A 3x3 "same" convolution with
+    GEMM_CONV_CHANNELS channels in and out runs as a GEMM over its im2col patches.
     """
 
     def __init__(self, conv: nn.Conv2d) -> None:
@@ -143,8 +149,9 @@ class PackedConv2d(nn.Module):
         self.kernel_size = conv.kernel_size
         self.geometry = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
         self.pointwise = _is_pointwise(conv)
-        if self.pointwise:
-            weight = conv.weight.detach().reshape(self.out_channels, self.in_channels).contiguous()
+        self.im2col = _is_same_3x3(conv) and conv.in_channels == conv.out_channels == GEMM_CONV_CHANNELS
+        if self.pointwise or self.im2col:  # as a GEMM weight [out, (kh, kw, in)], the order `_patches` writes
+            weight = conv.weight.detach().permute(0, 2, 3, 1).reshape(self.out_channels, -1).contiguous()
             self.packed = _mkldnn()._reorder_linear_weight(weight, PACK_ROWS)
         else:
             weight = conv.weight.detach().contiguous(memory_format=torch.channels_last)
@@ -169,19 +176,19 @@ class PackedConv2d(nn.Module):
         if residual is None and shared_batch(x):
             return broadcast(self(x[:1], bias=bias), x.shape[0])
         bias = self.bias if bias is None else bias
-        if self.pointwise:
-            return self._pointwise(x, residual, bias)
+        if self.pointwise or self.im2col:
+            return self._gemm(x, residual, bias)
         if residual is not None:
             return _mkldnn()._convolution_pointwise.binary(
                 x, residual, self.packed, bias, *self.geometry, "add", None, None, [], None
             )
         return _mkldnn()._convolution_pointwise(x, self.packed, bias, *self.geometry, "none", [], "")
 
-    def _pointwise(self, x: torch.Tensor, residual: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
-        """The 1x1 convolution as a GEMM on [B*H*W, C] tokens (free views of channels_last tensors, else copies);
-        returns a channels_last NCHW tensor."""
+    def _gemm(self, x: torch.Tensor, residual: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+        """The convolution as a GEMM on [B*H*W, C] tokens (1x1: free views of channels_last tensors, else copies) or
+        on [B*H*W, 9*C] im2col patches; returns a channels_last NCHW tensor."""
         batch, channels, height, width = x.shape
-        tokens = x.permute(0, 2, 3, 1).reshape(-1, channels)
+        tokens = _patches(x) if self.im2col else x.permute(0, 2, 3, 1).reshape(-1, channels)
         if residual is not None:
             other = residual.permute(0, 2, 3, 1).reshape(-1, self.out_channels)
             out = _mkldnn()._linear_pointwise.binary(tokens, other, self.packed, bias, "add")
@@ -380,6 +387,27 @@ class FusedTransformer2D(nn.Module):
         out = cpu_attention.attend(self.kernel, attn.to_q(x), attn.to_k(context), attn.to_v(context), attn.heads,
                                    attn.scale)  # fmt: skip
         return attn.to_out[0](out, residual)
+
+
+def _is_same_3x3(conv: nn.Module) -> bool:
+    """A 3x3 Conv2d that keeps the size (padding 1, stride 1, no dilation or groups)."""
+    return (
+        type(conv) is nn.Conv2d
+        and conv.kernel_size == (3, 3)
+        and conv.padding == (1, 1)
+        and conv.stride == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+    )
+
+
+def _patches(x: torch.Tensor) -> torch.Tensor:
+    """im2col for a 3x3 "same" convolution: [B*H*W, 9*C] rows of (kh, kw, channel), zero-padded at the borders."""
+    batch, channels, height, width = x.shape
+    padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1))  # NHWC, one zero pixel around
+    windows = padded.unfold(1, 3, 1).unfold(2, 3, 1)  # [B, H, W, C, kh, kw], a view
+    return windows.permute(0, 1, 2, 4, 5, 3).reshape(batch * height * width, 9 * channels)
 
 
 def _is_pointwise(module: nn.Module) -> bool:

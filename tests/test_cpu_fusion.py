@@ -221,6 +221,45 @@ def test_pointwise_convs_run_as_gemms_on_any_layout(dtype):
             torch.testing.assert_close(packed(xs, rs).float(), ref + residual.float(), **tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_square_deep_convs_run_as_im2col_gemms(dtype, monkeypatch):
+    """3x3 "same" convolutions with GEMM_CONV_CHANNELS in and out run as GEMMs over im2col patches: the
+    convolution's results (borders, residual, bias override, any layout), output in channels_last."""
+    assert cpu_fusion.GEMM_CONV_CHANNELS == 1280  # SD 1.5's deepest levels; a small width stands in for it here
+    monkeypatch.setattr(cpu_fusion, "GEMM_CONV_CHANNELS", 24)
+    gen = torch.Generator().manual_seed(2)
+    conv = nn.Conv2d(24, 24, 3, padding=1).to(dtype)
+    packed = PackedConv2d(conv)
+    assert packed.im2col and not packed.pointwise
+    others = (nn.Conv2d(24, 24, 3, stride=2, padding=1), nn.Conv2d(24, 24, 3), nn.Conv2d(16, 24, 3, padding=1),
+              nn.Conv2d(24, 24, 3, padding=1, groups=2), nn.Conv2d(24, 24, 3, padding=2, dilation=2))  # fmt: skip
+    assert not any(PackedConv2d(c).im2col for c in others)
+    x = torch.randn(2, 24, 7, 5, generator=gen).to(dtype)
+    residual = torch.randn(2, 24, 7, 5, generator=gen).to(dtype)
+    bias = torch.randn(24, generator=gen).to(dtype)
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=0.05, rtol=0.02)
+    with torch.no_grad():
+        ref = conv(x.float() if dtype == torch.float32 else x).float()
+        rebiased = ref - conv.bias.float()[:, None, None] + bias.float()[:, None, None]
+        for layout in (torch.contiguous_format, torch.channels_last):
+            xs = x.contiguous(memory_format=layout)
+            out = packed(xs)
+            assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(out.float(), ref, **tol)
+            torch.testing.assert_close(packed(xs, residual).float(), ref + residual.float(), **tol)
+            torch.testing.assert_close(packed(xs, bias=bias).float(), rebiased, **tol)
+
+
+def test_unet_with_im2col_convs_matches_eager(monkeypatch):
+    """The small UNet's 64-channel level with its 3x3 convs as im2col GEMMs gives the eager answer."""
+    monkeypatch.setattr(cpu_fusion, "GEMM_CONV_CHANNELS", 64)
+    eager, fused = pair(small_unet(), torch.float32)
+    assert sum(isinstance(m, PackedConv2d) and m.im2col for m in fused.modules()) >= 6
+    x, context = inputs(torch.float32)
+    expected, got = run(eager, x, torch.tensor(70), context), run(fused, x, torch.tensor(70), context)
+    assert torch.allclose(got, expected, atol=2e-5, rtol=1e-4), (got - expected).abs().max()
+
+
 def test_fused_geglu_matches_diffusers():
     from diffusers.models.activations import GEGLU
 
