@@ -247,15 +247,19 @@ def print_table(results: dict, peak: dict, flops: int, args) -> None:
         print(f"{name} attention: {r['attention']}; UNet layers: {r['unet_ops']}; allocator: {r['allocator']}")
     if "ours" in results:
         ours = results["ours"]
-        limit = flops / (peak["bf16"] * 1e12)
-        print(f"\nUNet step: {flops / 1e12:.2f} TFLOP; compute limit at the bf16 matmul peak {limit:.2f} s; "
-              f"ours {ours['unet_step_s']:.2f} s = {ours['unet_step_s'] / limit:.2f}x the limit")  # fmt: skip
-        # Each step against the peak probed right before it: robust to the host's speed drifting during the run.
-        ratios = sorted(s * p * 1e12 / flops for s, p in zip(ours["step_times"], ours["peaks"], strict=True))
-        steps = ", ".join(f"{s:.2f} s @ {p:.2f}" for s, p in zip(ours["step_times"], ours["peaks"], strict=True))
-        print(f"per step (s @ bf16 TFLOP/s probed just before): {steps}")
-        print(f"ours per step against its own moment's peak: median {statistics.median(ratios):.2f}x the limit "
-              f"(range {ratios[0]:.2f}-{ratios[-1]:.2f}x)")  # fmt: skip
+        print(f"\nUNet step: {flops / 1e12:.2f} TFLOP; the compute limit is that at the bf16 matmul peak")
+        # Shared VMs switch between speeds faster than a step takes (the bf16 matmul probe was seen at 0.7 and 1.9
+        # TFLOP/s seconds apart), so a step cannot be paired with one probe. Held against each other instead: the
+        # run's fastest step and its highest probe (the machine at its best), and the medians of both.
+        peaks = sorted([peak["bf16"], *ours["peaks"]])
+        steps = sorted(ours["step_times"])
+        pairs = ", ".join(f"{s:.2f} s @ {p:.2f}" for s, p in zip(ours["step_times"], ours["peaks"], strict=True))
+        print(f"per step (s, and the bf16 TFLOP/s probed just before it): {pairs}")
+        best = steps[0] * peaks[-1] * 1e12 / flops
+        typical = statistics.median(steps) * statistics.median(peaks) * 1e12 / flops
+        print(f"fastest step {steps[0]:.2f} s against the highest peak {peaks[-1]:.2f} TFLOP/s: {best:.2f}x the "
+              f"limit; median step {statistics.median(steps):.2f} s against the median peak "
+              f"{statistics.median(peaks):.2f} TFLOP/s: {typical:.2f}x")  # fmt: skip
     if "ours" in results and "reference" in results:
         ref, ours = results["reference"], results["ours"]
         print(f"speed-up per UNet step: {ref['unet_step_s'] / ours['unet_step_s']:.2f}x")
