@@ -17,7 +17,9 @@ its minutes of compilation):
 - a batch of identical items held once (stride 0 along the batch, as `ConcatConditionedUNet` passes classifier-
   free guidance's duplicated latents) is computed once up to the first cross-attention, which is where the two
   halves of the batch first differ: conv_in, the first resnet, and the first transformer's projection and
-  self-attention (about 3 % of a step's FLOPs, a tenth of the first level's attention).
+  self-attention (about 3 % of a step's FLOPs, a tenth of the first level's attention);
+- 3x3 convolutions with GEMM_CONV_CHANNELS in and out run as GEMMs over their im2col patches, and with
+  `core.cpu_ops` the GroupNorms (with the resnets' SiLU) and LayerNorms run in a native bf16 kernel.
 
 The math is the same, rounded to bf16 at fewer points. Modules whose configuration is not SD 1.5's, and calls with
 masks, extra attention arguments or training mode, run diffusers' own forward on the same packed weights.
@@ -41,9 +43,9 @@ MODE_ENV = "ICLIGHT_CPU_FUSION"  # auto (default) or off
 MODES = ("auto", "off")
 PACK_ROWS = 4096  # typical GEMM row count, a hint for oneDNN's weight layout (results do not depend on it)
 # 3x3 convolutions with this many channels in and out (SD 1.5's two deepest levels) run as im2col GEMMs: oneDNN's
-# bf16 convolution is 14-25 % slower than its GEMM on the same [pixels, 9 * 1280] x [9 * 1280, 1280] product from
-# 10 x 8 to 30 x 24 pixels on Sapphire Rapids (the im2col copy included); with 640 channels or concatenated skip
-# inputs (1920, 2560) the convolution is the faster one, so those stay convolutions.
+# bf16 convolution takes 1.15-1.35x as long as its GEMM on the same [pixels, 9 * 1280] x [9 * 1280, 1280] product
+# from 10 x 8 to 30 x 24 pixels on Sapphire Rapids (the im2col copy included; even from 32 x 32 on); with 640
+# channels or concatenated skip inputs (1920, 2560) the convolution is the faster one, so those stay convolutions.
 GEMM_CONV_CHANNELS = 1280
 _OPS = ("_reorder_linear_weight", "_linear_pointwise", "_reorder_convolution_weight", "_convolution_pointwise")
 
@@ -61,7 +63,7 @@ def _mkldnn():
 
 
 def shared_batch(x: torch.Tensor) -> bool:
-    """A batch of identical items held once (stride 0 along the batch): compute one, broadcast the result."""
+    """A batch of identical items held once (stride 0 along the batch): compute one item, broadcast the result."""
     return x.dim() >= 2 and x.shape[0] > 1 and x.stride(0) == 0
 
 
