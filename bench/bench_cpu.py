@@ -143,8 +143,8 @@ def worker(recipe: str, folder: Path, width: int, height: int, steps: int, unet_
     probe = MatmulProbe(torch.bfloat16)
     step_times, peaks = [], []
     # Timed as the pipeline samples: inside kept_heap (which keeps glibc's defaults for the reference recipe). The
-    # bf16 matmul peak is probed right before each step: shared VMs drift by 2x within minutes, so each step is
-    # held against the peak of its own moment.
+    # bf16 matmul peak is probed before each step, so the run samples the speeds a drifting shared VM goes through
+    # (print_table holds the fastest step against the highest probe, and medians against each other).
     with torch.inference_mode(), kept_heap(True) as allocator:
         models.unet(latents, torch.tensor(500), embeds, concat)  # warm-up
         for _ in range(unet_steps):

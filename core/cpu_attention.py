@@ -98,6 +98,19 @@ def build_library(compiler: str, folder: Path, kind: type[NativeAttention]) -> P
     return target
 
 
+def build_cached(compiler: str, kind) -> Path:
+    """`build_library` into the cache folder, or into a private temporary folder when that is not writable."""
+    try:
+        return build_library(compiler, cache_dir(), kind)
+    except OSError:
+        return build_library(compiler, Path(tempfile.gettempdir()) / f"iclight-{os.getuid()}", kind)
+
+
+def native_platform() -> bool:
+    """Whether the native kernels can run here at all: Linux on x86-64."""
+    return platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64")
+
+
 class NativeAttention:
     """A compiled attention kernel behind a torch-facing call; `supports` says which inputs it takes."""
 
@@ -262,11 +275,7 @@ def self_test(kernel: NativeAttention) -> float:
 def _load(kind: type[NativeAttention], compiler: str) -> tuple[NativeAttention | None, str]:
     """Build, load and self-test one kernel: (kernel, status reason) or (None, why not)."""
     try:
-        try:
-            library = build_library(compiler, cache_dir(), kind)
-        except OSError:  # cache folder not writable: build in a private temporary folder instead
-            library = build_library(compiler, Path(tempfile.gettempdir()) / f"iclight-{os.getuid()}", kind)
-        kernel = kind(library)
+        kernel = kind(build_cached(compiler, kind))
         if not kernel.request_permission():
             return None, f"SDPA (Linux refused {kind.NAME} tile state; kernel 5.16+ is needed)"
         error = self_test(kernel)
@@ -288,7 +297,7 @@ def load_kernel() -> tuple[NativeAttention | None, KernelStatus]:
         mode = "auto"
     if mode == "sdpa":
         return None, KernelStatus(False, f"SDPA ({MODE_ENV}=sdpa)")
-    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+    if not native_platform():
         return None, KernelStatus(False, "SDPA (the attention kernels are for Linux on x86-64)")
     kinds = [KERNELS[mode]] if mode in KERNELS else list(KERNELS.values())
     usable = [kind for kind in kinds if all(flag in cpu_flags() for flag in kind.CPU_FLAGS)]

@@ -18,9 +18,7 @@ import ctypes
 import functools
 import logging
 import os
-import platform
 import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
@@ -156,7 +154,7 @@ def load_ops() -> tuple[NativeOps | None, str]:
         logger.warning("%s should be one of %s but is %r; using auto", MODE_ENV, ", ".join(MODES), mode)
     if mode == "off":
         return None, f"PyTorch ({MODE_ENV}=off)"
-    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+    if not cpu_attention.native_platform():
         return None, "PyTorch (the native ops are for Linux on x86-64)"
     missing = [flag for flag in NativeOps.CPU_FLAGS if flag not in cpu_flags()]
     if missing:
@@ -165,15 +163,10 @@ def load_ops() -> tuple[NativeOps | None, str]:
     if compiler is None:
         return None, "PyTorch (no C compiler found to build the native ops; install gcc)"
     try:
-        try:
-            library = cpu_attention.build_library(compiler, cpu_attention.cache_dir(), NativeOps)
-        except OSError:  # cache folder not writable: build in a private temporary folder instead
-            folder = Path(tempfile.gettempdir()) / f"iclight-{os.getuid()}"
-            library = cpu_attention.build_library(compiler, folder, NativeOps)
-        ops = NativeOps(library)
+        ops = NativeOps(cpu_attention.build_cached(compiler, NativeOps))
         error = self_test(ops)
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         return None, f"PyTorch (building the native ops failed: {exc})"
     if not error <= SELF_TEST_TOLERANCE:
         return None, f"PyTorch (the native ops' self-test was off by {error:.3g})"
-    return ops, f"{NativeOps.NAME} ({library.name})"
+    return ops, f"{NativeOps.NAME} ({ops.library.name})"

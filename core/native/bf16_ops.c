@@ -1,4 +1,4 @@
-/* Fused bf16 element-wise and normalisation kernels for the CPU UNet (AVX512-BF16: Intel Cooper Lake, Sapphire
+/* Fused bf16 normalisation kernels for the CPU UNet (AVX512-BF16: Intel Cooper Lake, Sapphire
  * Rapids and newer, AMD Zen 4 and newer).
  *
  * Built on first use by core/cpu_ops.py and called through ctypes. Each replaces PyTorch operators that make
