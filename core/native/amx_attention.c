@@ -76,13 +76,26 @@ static inline __m512 score_row(const float *S, int64_t r, int64_t nk) {
   return r < nk ? _mm512_load_ps(S + r * QT) : _mm512_set1_ps(-1e30f);
 }
 
+/* O^T += V^T P^T for one chunk of 32 keys whose probabilities are at P. Tile 4 takes P, tile 0 each V^T tile. */
+static inline void pv_chunk(const uint16_t *va, const uint16_t *P) {
+  _tile_loadd(4, P, 64);
+  _tile_loadd(0, va, 64);
+  _tile_dpbf16ps(5, 0, 4);
+  _tile_loadd(0, va + 16 * 32, 64);
+  _tile_dpbf16ps(6, 0, 4);
+  _tile_loadd(0, va + 32 * 32, 64);
+  _tile_dpbf16ps(7, 0, 4);
+}
+
 /* Attend one 16-query tile to keys [k0, k1), updating its running state.
  *
- * While the softmax of block n runs, 16 rows at a time from registers, the next block's score groups are issued
- * between those rows, so the AMX unit has work queued. The softmax is single-pass with a lazy maximum: probabilities
- * are taken against the running maximum m, and only when some score exceeds it by more than LAZY_BITS (base 2) is
- * the block redone against the new maximum and O^T rescaled. So exp2 values stay below 2^LAZY_BITS, and as a tile's
- * first block takes its exact maximum up front, the extra pass is rare. */
+ * Three stages overlap: while the softmax of block n runs, 16 score rows at a time from registers, the next block's
+ * score groups and the previous block's O^T += V^T P^T chunks are issued between those rows, so the AMX unit has
+ * work queued that does not wait on the probabilities being written. The softmax is single-pass with a lazy
+ * maximum: probabilities are taken against the running maximum m, and only when some score exceeds it by more than
+ * LAZY_BITS (base 2) is the block redone against the new maximum and O^T (which by then holds every earlier block)
+ * rescaled. So exp2 values stay below 2^LAZY_BITS, and as a tile's first block takes its exact maximum up front,
+ * the extra pass is rare. */
 static void attend_tile(const job_t *j, const uint16_t *qtv, const uint16_t *kh, const uint16_t *vth, int64_t k0,
                         int64_t k1, state_t *st, float *S2, uint16_t *P2) {
   const int64_t D = j->D, block = j->block;
@@ -96,6 +109,8 @@ static void attend_tile(const job_t *j, const uint16_t *qtv, const uint16_t *kh,
   _tile_loadd(5, OT, 64);
   _tile_loadd(6, OT + 16 * QT, 64);
   _tile_loadd(7, OT + 32 * QT, 64);
+  const uint16_t *pv_v = NULL, *pv_p = NULL; /* the previous block's V^T and probabilities, still to be added */
+  int64_t pv_n = 0;                          /* its chunks of 32 keys */
   int64_t n = 0;
   for (int64_t kb = k0; kb < k1; kb += block, ++n) {
     const int64_t nk = (k1 - kb) < block ? (k1 - kb) : block, kn = kb + block;
@@ -104,10 +119,6 @@ static void attend_tile(const job_t *j, const uint16_t *qtv, const uint16_t *kh,
     const float *S = S2 + (n & 1) * block * QT;
     float *Sn = S2 + ((n + 1) & 1) * block * QT;
     uint16_t *P = P2 + (n & 1) * block * QT;
-    if (gn) {
-      _tile_loadd(2, qtv, 64);
-      _tile_loadd(3, qtv + 16 * QT * 2, 64);
-    }
     if (_mm512_cmp_ps_mask(m, _mm512_set1_ps(-1e30f), _CMP_LE_OQ)) { /* a tile's first block: exact max first */
       __m512 mx = _mm512_set1_ps(-INFINITY);
       for (int64_t r = 0; r < nk; ++r) mx = _mm512_max_ps(mx, _mm512_load_ps(S + r * QT));
@@ -115,6 +126,7 @@ static void attend_tile(const job_t *j, const uint16_t *qtv, const uint16_t *kh,
     }
     const __m512 neg = _mm512_sub_ps(_mm512_setzero_ps(), m);
     __m512 bmax = _mm512_set1_ps(-INFINITY);
+    int64_t c = 0; /* next chunk of the previous block */
     for (int64_t g = 0; g < gp; ++g) {
       __m512 x[16];
       if ((g + 1) * 16 <= nk) {
@@ -123,6 +135,7 @@ static void attend_tile(const job_t *j, const uint16_t *qtv, const uint16_t *kh,
         for (int i = 0; i < 16; ++i) x[i] = score_row(S, g * 16 + i, nk);
       }
       if (g < gn) score_group(j, kh + (kn + g * 16) * D, Sn + g * 16 * QT);
+      if ((g & 1) && c < pv_n) pv_chunk(pv_v + c * 32 * DPAD, pv_p + c * 16 * 32), ++c;
       __m512 t[8];
       for (int i = 0; i < 8; ++i) t[i] = _mm512_max_ps(x[i], x[i + 8]);
       for (int i = 0; i < 4; ++i) t[i] = _mm512_max_ps(t[i], t[i + 4]);
@@ -131,6 +144,7 @@ static void attend_tile(const job_t *j, const uint16_t *qtv, const uint16_t *kh,
         _mm512_store_si512((__m512i *)(P + (g * 8 + i) * 32), exp_pair(x[2 * i], x[2 * i + 1], s2, neg));
     }
     for (int64_t g = gp; g < gn; ++g) score_group(j, kh + (kn + g * 16) * D, Sn + g * 16 * QT);
+    for (; c < pv_n; ++c) pv_chunk(pv_v + c * 32 * DPAD, pv_p + c * 16 * 32);
     const __m512 mblk = _mm512_mul_ps(bmax, s2);
     if (_mm512_cmp_ps_mask(mblk, _mm512_add_ps(m, lazy), _CMP_GT_OQ)) { /* a score rose too far: redo the block */
       const __m512 mnew = _mm512_max_ps(m, mblk), corr = exp2_fast(_mm512_sub_ps(m, mnew));
@@ -147,18 +161,9 @@ static void attend_tile(const job_t *j, const uint16_t *qtv, const uint16_t *kh,
       _tile_loadd(6, OT + 16 * QT, 64);
       _tile_loadd(7, OT + 32 * QT, 64);
     }
-    /* O^T += V^T P^T, 32 keys at a time */
-    for (int64_t c = 0; c < gp / 2; ++c) {
-      const uint16_t *va = vth + (kb + c * 32) * DPAD;
-      _tile_loadd(4, P + c * 16 * 32, 64);
-      _tile_loadd(0, va, 64);
-      _tile_dpbf16ps(5, 0, 4);
-      _tile_loadd(2, va + 16 * 32, 64);
-      _tile_dpbf16ps(6, 2, 4);
-      _tile_loadd(0, va + 32 * 32, 64);
-      _tile_dpbf16ps(7, 0, 4);
-    }
+    pv_v = vth + kb * DPAD, pv_p = P, pv_n = gp / 2;
   }
+  for (int64_t c = 0; c < pv_n; ++c) pv_chunk(pv_v + c * 32 * DPAD, pv_p + c * 16 * 32);
   _tile_stored(5, OT, 64);
   _tile_stored(6, OT + 16 * QT, 64);
   _tile_stored(7, OT + 32 * QT, 64);
