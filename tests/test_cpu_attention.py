@@ -104,14 +104,17 @@ def test_mode_asks_for_one_kernel(fresh_loader, monkeypatch):
         (1, 2, 300, 301, 40),  # tails: queries not a multiple of 16, odd key count
         (1, 1, 257, 4200, 40),  # keys span two chunks with a partial block; one query in the last tile
         (1, 3, 512, 300, 34),  # the AMX kernel's smallest head size
-        (2, 1, 333, 1000, 46),  # the AMX kernel's largest head size
+        (2, 1, 333, 1000, 46),  # the largest head size of the AMX kernel's narrow path
         (1, 2, 4096, 64, 40),  # few keys: one partial block
-        (2, 2, 520, 515, 80),  # SD 1.5 level 2 (AVX512-BF16 kernel only, as the rest below)
-        (1, 2, 300, 250, 160),  # SD 1.5 level 3
+        (2, 2, 520, 515, 80),  # SD 1.5 level 2 (the AMX kernel's wide path: O^T streamed through memory)
+        (2, 4, 1280, 77, 80),  # its cross-attention
+        (1, 2, 300, 250, 160),  # SD 1.5 level 3: five full groups of 32 dims, 11 O^T tiles
+        (2, 1, 333, 1000, 48),  # the wide path's smallest head size: one full group and a short one
+        (1, 1, 257, 4200, 158),  # its largest with a short group; keys span two chunks
         (1, 2, 270, 299, 64),  # SD 2
-        (1, 1, 256, 257, 6),  # tiny: two head dims per register group
-        (1, 1, 260, 300, 256),  # largest
-        (1, 1, 256, 300, 44),  # not a specialised size: the generic loop
+        (1, 1, 256, 257, 6),  # tiny: two head dims per register group (AVX512-BF16 kernel only)
+        (1, 1, 260, 300, 256),  # the AVX512-BF16 kernel's largest
+        (1, 1, 256, 300, 44),  # not a size the AVX512-BF16 kernel specialises: its generic loop
     ],
 )
 @pytest.mark.parametrize("interleaved", [True, False])
@@ -136,12 +139,13 @@ def test_kernel_takes_queries_with_odd_strides(kernel):
     assert torch.equal(kernel(q, k, v), kernel(q.contiguous(), k, v))  # both paths give the same bits
 
 
-def test_kernel_writes_every_output_and_zeroes_its_padding(kernel, monkeypatch):
+@pytest.mark.parametrize("d", [40, 80])
+def test_kernel_writes_every_output_and_zeroes_its_padding(kernel, monkeypatch, d):
     """Scratch and output buffers start as whatever memory held (here NaN): the packer writes every padded key and
     the kernel every output element, so nothing stale leaks into the result."""
     empty = torch.empty
     monkeypatch.setattr(torch, "empty", lambda *a, **k: empty(*a, **k).fill_(float("nan")))
-    q, k, v = qkv(1, 2, 301, 333, 40)  # keys pad to a whole block, the last query tile is partial
+    q, k, v = qkv(1, 2, 301, 333, d)  # keys pad to a whole block, the last query tile is partial
     ours, sdpa = errors(kernel, q, k, v)
     assert ours <= 1.5 * sdpa + 1e-3, (ours, sdpa)
 
@@ -154,11 +158,12 @@ def test_kernel_scale_and_peaky_scores(kernel):
     assert ours <= 1.5 * sdpa + 1e-3
 
 
-@pytest.mark.parametrize("nk", [1000, 4200])
-def test_kernel_rescales_when_later_keys_score_higher(kernel, nk):
+@pytest.mark.parametrize("nk,d", [(1000, 40), (4200, 40), (1000, 80)])
+def test_kernel_rescales_when_later_keys_score_higher(kernel, nk, d):
     """The softmax keeps a running maximum: scores that rise block after block, and one late key far above all
-    others, must both move it (without the rescale the spike's exp2 overflows to inf)."""
-    q, k, v = qkv(1, 2, 300, nk, 40, seed=5)
+    others, must both move it (without the rescale the spike's exp2 overflows to inf). Head size 80 takes the AMX
+    kernel's wide path, which rescales O^T in memory."""
+    q, k, v = qkv(1, 2, 300, nk, d, seed=5)
     rising = torch.linspace(0.2, 4.0, nk).view(1, 1, nk, 1)
     ours, sdpa = errors(kernel, q, (k.float() * rising).to(torch.bfloat16), v)
     assert ours <= 1.5 * sdpa + 1e-3, (ours, sdpa)
@@ -246,9 +251,8 @@ def test_supports_only_what_the_kernel_handles():
     q, k, v = qkv(1, 2, 512, 512, 40)
     assert AmxAttention.supports(q, k, v)
     assert not AmxAttention.supports(q.float(), k.float(), v.float())  # fp32
-    assert not AmxAttention.supports(*qkv(1, 2, 512, 512, 64))  # head size
-    assert not AmxAttention.supports(*qkv(1, 2, 512, 512, 32))
-    assert not AmxAttention.supports(*qkv(1, 2, 512, 512, 48))
+    assert all(AmxAttention.supports(*qkv(1, 2, 512, 512, d)) for d in (34, 46, 48, 64, 80, 160))
+    assert not any(AmxAttention.supports(*qkv(1, 2, 512, 512, d)) for d in (32, 41, 162, 256))  # head size
     assert not AmxAttention.supports(*qkv(1, 2, 64, 77, 40))  # too small to pay off
     assert not AmxAttention.supports(q[..., ::2], k[..., ::2], v[..., ::2])  # head dim not contiguous
     assert not AmxAttention.supports(q, k[:, :1], v[:, :1])  # heads differ

@@ -6,11 +6,15 @@
  * Layout per (batch, head) and tile of 16 queries, chosen so that the softmax runs down columns (one query per
  * SIMD lane, no horizontal reductions):
  *   S^T (16 keys x 16 queries, fp32)  = K tile (16 keys x D, bf16 rows)  . Q^T (D x 16 queries, VNNI pairs)
- *   O^T (48 x 16 queries, fp32)      += V^T tile (48 x 32 keys, bf16)   . P^T (32 keys x 16 queries, VNNI pairs)
+ *   O^T (dpad x 16 queries, fp32)    += V^T tile (dpad x 32 keys, bf16) . P^T (32 keys x 16 queries, VNNI pairs)
  * K and V are packed once per call in exactly the order the tiles read them (64 contiguous bytes per tile row).
  * Row D of the packed V^T is all ones, so row D of O^T accumulates the softmax denominator on the AMX unit, from
- * the same bf16 probabilities as the numerator. Head sizes 34..46 (even) are supported: SD 1.5's first UNet level
- * (320 channels, 8 heads) has D = 40, and that level holds almost all of the attention work.
+ * the same bf16 probabilities as the numerator; dpad is D + 1 rounded up to whole 16-row tiles.
+ *
+ * Two paths. The narrow one, head sizes 34..46 (even), keeps everything on the 8 tile registers: Q^T, K, S^T and
+ * the three O^T tiles (dpad = 48). SD 1.5's first UNet level (320 channels, 8 heads) has D = 40, and that level
+ * holds most of the attention work. The wide one, even head sizes 48..160 (SD 1.5's deeper levels have 80 and 160),
+ * keeps O^T in memory and streams it through one tile register per key block (see attend_tile_wide).
  *
  * Work runs on the OpenMP team PyTorch's own operators use when the caller passes that runtime's GOMP_parallel
  * (each member puts back the tile configuration oneDNN left on it), else on threads this library creates.
@@ -27,7 +31,8 @@
 #include "common.h"
 
 #define QT 16          /* queries per tile (one per SIMD lane) */
-#define DPAD 48        /* head dim plus the ones row, rounded up to three 16-row output tiles */
+#define DPAD 48        /* narrow path: head dim plus the ones row, rounded up to three 16-row output tiles */
+#define D_MAX 160      /* wide path: head sizes 48..160 */
 #define BF16_ONE 0x3F80
 #define LAZY_BITS 8.0f /* how far (base 2) a score may exceed the running max before O^T is rescaled */
 #define ARCH_REQ_XCOMP_PERM 0x1023
@@ -43,9 +48,9 @@ typedef struct __attribute__((packed)) {
 int amx_request(void) { return (int)syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA); }
 
 typedef struct {
-  const uint16_t *q, *kp, *vt; /* kp: packed K [BH][ldk][D]; vt: packed V^T [BH][DPAD][ldk], row D all ones */
+  const uint16_t *q, *kp, *vt; /* kp: packed K [BH][ldk][D]; vt: packed V^T [BH][dpad][ldk], row D all ones */
   uint16_t *out;               /* [B][Nq][H][D] */
-  int64_t H, Nq, Nk, D, ldk, block, chunk;
+  int64_t H, Nq, Nk, D, dpad, ldk, block, chunk;
   int64_t qs0, qs1, qs2;
   float scale2; /* softmax scale times log2(e) */
   int64_t task_begin, task_end;
@@ -53,8 +58,15 @@ typedef struct {
 } job_t;
 
 typedef struct {
-  float m[QT], ot[DPAD * QT]; /* running max (base 2); unnormalised O^T, row D the running denominator */
+  float m[QT] __attribute__((aligned(64))); /* running max (base 2); every state in an array stays 64-byte aligned */
+  float *ot; /* unnormalised O^T, dpad rows of 16 queries; row D the running denominator */
 } state_t;
+
+/* Rows of O^T (and of each packed V^T chunk): the head dims plus the ones row, rounded up to whole 16-row tiles. */
+static inline int64_t dpad_of(int64_t D) { return (D + 1 + 15) / 16 * 16; }
+
+/* bf16 elements of one query tile's Q^T: every 32 head dims (the last group may be shorter) as 16 VNNI pair rows. */
+static inline int64_t qt_elems(int64_t D) { return (D + 31) / 32 * 16 * QT * 2; }
 
 /* One group of 16 keys' scores, S^T = K Q^T (padded keys are zero rows), into `S`. Tiles 2, 3 hold Q^T. */
 static inline void score_group(const job_t *j, const uint16_t *ka, float *S) {
@@ -170,6 +182,124 @@ static void attend_tile(const job_t *j, const uint16_t *qtv, const uint16_t *kh,
   _mm512_store_ps(st->m, m);
 }
 
+/* The wide path (head sizes 48..160). Its output has up to 11 O^T tiles, more than the 8 tile registers hold beside
+ * Q^T, K and S, so O^T lives in the tile's state and streams through tile 2 once per key block. Tiles:
+ *   0: K (32 head dims) or V^T (16 dims x 32 keys); 1: K's last, shorter group of dims; 2: S^T or one O^T tile;
+ *   3..6: Q^T (32 dims each) while scoring, one block's P^T chunks while accumulating; 7: Q^T's last group. */
+static inline void wide_tile_load(int t, const void *base) { /* tile numbers are immediates: one case per tile */
+  switch (t) {
+    case 3: _tile_loadd(3, base, 64); break;
+    case 4: _tile_loadd(4, base, 64); break;
+    case 5: _tile_loadd(5, base, 64); break;
+    case 6: _tile_loadd(6, base, 64); break;
+    default: _tile_loadd(7, base, 64); break;
+  }
+}
+
+static inline void wide_dot(int t) { /* tile 2 += tile 0 . tile t */
+  switch (t) {
+    case 3: _tile_dpbf16ps(2, 0, 3); break;
+    case 4: _tile_dpbf16ps(2, 0, 4); break;
+    case 5: _tile_dpbf16ps(2, 0, 5); break;
+    case 6: _tile_dpbf16ps(2, 0, 6); break;
+    default: _tile_dpbf16ps(2, 0, 7); break;
+  }
+}
+
+/* Q^T onto tiles 3.. (full groups of 32 dims) and 7 (a shorter last group). */
+static inline void wide_load_q(const uint16_t *qtv, int64_t D) {
+  const int64_t full = D / 32;
+  for (int64_t p = 0; p < full; ++p) wide_tile_load((int)(3 + p), qtv + p * 16 * QT * 2);
+  if (D % 32) _tile_loadd(7, qtv + full * 16 * QT * 2, 64);
+}
+
+/* S^T for one group of 16 keys (packed as in `packer`) into `S`. */
+static inline void wide_score_group(int64_t D, const uint16_t *ka, float *S) {
+  const int64_t full = D / 32, rest = D % 32;
+  _tile_zero(2);
+  for (int64_t p = 0; p < full; ++p) {
+    _tile_loadd(0, ka + p * 16 * 32, 64);
+    wide_dot((int)(3 + p));
+  }
+  if (rest) {
+    _tile_loadd(1, ka + full * 16 * 32, rest * 2);
+    _tile_dpbf16ps(2, 1, 7);
+  }
+  _tile_stored(2, S, 64);
+}
+
+/* O^T += V^T P^T for nc chunks of 32 keys (V^T chunks from vb, probabilities from P), four chunks at a time: their
+ * P^T tiles stay on tiles 3..6 while each O^T tile is loaded, accumulated and stored. Leaves Q^T off its tiles. */
+static inline void wide_pv(const uint16_t *vb, const uint16_t *P, int64_t nc, int64_t dpad, float *OT) {
+  for (int64_t c0 = 0; c0 < nc; c0 += 4) {
+    const int64_t m = (nc - c0) < 4 ? (nc - c0) : 4;
+    for (int64_t c = 0; c < m; ++c) wide_tile_load((int)(3 + c), P + (c0 + c) * 16 * 32);
+    for (int64_t t = 0; t < dpad / 16; ++t) {
+      _tile_loadd(2, OT + t * 16 * QT, 64);
+      for (int64_t c = 0; c < m; ++c) {
+        _tile_loadd(0, vb + (c0 + c) * 32 * dpad + t * 16 * 32, 64);
+        wide_dot((int)(3 + c));
+      }
+      _tile_stored(2, OT + t * 16 * QT, 64);
+    }
+  }
+}
+
+/* attend_tile for the wide path. Per key block n, the AMX unit is given the next block's scores and the previous
+ * block's O^T += V^T P^T before the softmax of block n runs on the vector units; the lazy maximum is as above, with
+ * the rescale applied to O^T in memory. */
+static void attend_tile_wide(const job_t *j, const uint16_t *qtv, const uint16_t *kh, const uint16_t *vth,
+                             int64_t k0, int64_t k1, state_t *st, float *S2, uint16_t *P2) {
+  const int64_t D = j->D, block = j->block, dpad = j->dpad;
+  const __m512 s2 = _mm512_set1_ps(j->scale2), lazy = _mm512_set1_ps(LAZY_BITS);
+  __m512 m = _mm512_load_ps(st->m);
+  float *OT = st->ot;
+  wide_load_q(qtv, D);
+  for (int64_t g = 0; g < ((k1 - k0 < block ? k1 - k0 : block) + 15) / 16; ++g)
+    wide_score_group(D, kh + (k0 + g * 16) * D, S2 + g * 16 * QT);
+  const uint16_t *pv_v = NULL, *pv_p = NULL; /* the previous block's V^T and probabilities, still to be added */
+  int64_t pv_n = 0;                          /* its chunks of 32 keys */
+  int64_t n = 0;
+  for (int64_t kb = k0; kb < k1; kb += block, ++n) {
+    const int64_t nk = (k1 - kb) < block ? (k1 - kb) : block, kn = kb + block;
+    const int64_t nkn = kn < k1 ? ((k1 - kn) < block ? (k1 - kn) : block) : 0;
+    const int64_t gp = ((nk + 31) / 32) * 2, gn = (nkn + 15) / 16; /* groups here (to 32 keys), groups next */
+    const float *S = S2 + (n & 1) * block * QT;
+    float *Sn = S2 + ((n + 1) & 1) * block * QT;
+    uint16_t *P = P2 + (n & 1) * block * QT;
+    for (int64_t g = 0; g < gn; ++g) wide_score_group(D, kh + (kn + g * 16) * D, Sn + g * 16 * QT);
+    if (pv_n) {
+      wide_pv(pv_v, pv_p, pv_n, dpad, OT);
+      if (gn) wide_load_q(qtv, D);
+    }
+    if (_mm512_cmp_ps_mask(m, _mm512_set1_ps(-1e30f), _CMP_LE_OQ)) { /* a tile's first block: exact max first */
+      __m512 mx = _mm512_set1_ps(-INFINITY);
+      for (int64_t r = 0; r < nk; ++r) mx = _mm512_max_ps(mx, _mm512_load_ps(S + r * QT));
+      m = _mm512_max_ps(m, _mm512_mul_ps(mx, s2));
+    }
+    const __m512 neg = _mm512_sub_ps(_mm512_setzero_ps(), m);
+    __m512 bmax = _mm512_set1_ps(-INFINITY);
+    for (int64_t p = 0; p < gp * 8; ++p) {
+      const __m512 x0 = score_row(S, 2 * p, nk), x1 = score_row(S, 2 * p + 1, nk);
+      bmax = _mm512_max_ps(bmax, _mm512_max_ps(x0, x1));
+      _mm512_store_si512((__m512i *)(P + p * 32), exp_pair(x0, x1, s2, neg));
+    }
+    const __m512 mblk = _mm512_mul_ps(bmax, s2);
+    if (_mm512_cmp_ps_mask(mblk, _mm512_add_ps(m, lazy), _CMP_GT_OQ)) { /* a score rose too far: redo the block */
+      const __m512 mnew = _mm512_max_ps(m, mblk), corr = exp2_fast(_mm512_sub_ps(m, mnew));
+      const __m512 neg2 = _mm512_sub_ps(_mm512_setzero_ps(), mnew);
+      m = mnew;
+      for (int64_t p = 0; p < gp * 8; ++p)
+        _mm512_store_si512((__m512i *)(P + p * 32),
+                           exp_pair(score_row(S, 2 * p, nk), score_row(S, 2 * p + 1, nk), s2, neg2));
+      for (int64_t d = 0; d <= D; ++d) _mm512_store_ps(OT + d * QT, _mm512_mul_ps(_mm512_load_ps(OT + d * QT), corr));
+    }
+    pv_v = vth + kb * dpad, pv_p = P, pv_n = gp / 2;
+  }
+  wide_pv(pv_v, pv_p, pv_n, dpad, OT);
+  _mm512_store_ps(st->m, m);
+}
+
 /* One thread: a contiguous range of (batch*head, query tile) tasks. Keys are walked in L2-sized chunks, each
  * chunk against all of the thread's query tiles of that head, so K and V are read from L2, not memory. */
 static void *worker(void *arg) {
@@ -177,21 +307,29 @@ static void *worker(void *arg) {
   const int64_t D = j->D, ntiles = (j->Nq + QT - 1) / QT;
   const int64_t most = (j->task_end - j->task_begin) < ntiles ? (j->task_end - j->task_begin) : ntiles;
   if (most <= 0) return NULL;
+  const int64_t dpad = j->dpad, qte = qt_elems(D);
+  const int wide = dpad > DPAD;
   float *S = aligned_alloc(64, 2 * j->block * QT * sizeof(float)); /* two blocks: one scored, one softmaxed */
   uint16_t *P = aligned_alloc(64, 2 * j->block * QT * sizeof(uint16_t));
   state_t *st = aligned_alloc(64, most * sizeof(state_t));
-  uint16_t *qtv = aligned_alloc(64, most * 32 * QT * 2 * sizeof(uint16_t));
-  if (!S || !P || !st || !qtv) {
+  float *ot = aligned_alloc(64, most * dpad * QT * sizeof(float));
+  uint16_t *qtv = aligned_alloc(64, most * qte * sizeof(uint16_t));
+  if (!S || !P || !st || !ot || !qtv) {
     j->failed = 1;
-    free(S), free(P), free(st), free(qtv);
+    free(S), free(P), free(st), free(ot), free(qtv);
     return NULL;
   }
   tilecfg_t cfg;
   memset(&cfg, 0, sizeof cfg);
   cfg.palette_id = 1;
   for (int i = 0; i < 8; ++i) cfg.rows[i] = 16, cfg.colsb[i] = 64;
-  cfg.colsb[1] = (uint16_t)((D - 32) * 2); /* K tile, head dims 32..D-1 */
-  cfg.rows[3] = (uint8_t)((D - 32) / 2);   /* Q^T tile, the same dims as VNNI pairs */
+  if (!wide) {
+    cfg.colsb[1] = (uint16_t)((D - 32) * 2); /* K tile, head dims 32..D-1 */
+    cfg.rows[3] = (uint8_t)((D - 32) / 2);   /* Q^T tile, the same dims as VNNI pairs */
+  } else if (D % 32) {
+    cfg.colsb[1] = (uint16_t)(D % 32 * 2); /* K's last group of dims */
+    cfg.rows[7] = (uint8_t)(D % 32 / 2);   /* Q^T's, as VNNI pairs */
+  }
   _tile_loadconfig(&cfg);
   /* Q rows can be gathered a dim pair (32 bits) at a time when every pair is 4-byte aligned */
   const int pairs_ok = !((uintptr_t)j->q & 3) && !((j->qs0 | j->qs1 | j->qs2) & 1);
@@ -202,9 +340,9 @@ static void *worker(void *arg) {
     const int64_t n = t1 - t0, first = t0 - bh * ntiles;
     for (int64_t i = 0; i < n; ++i) { /* Q^T in VNNI pairs, zero padded; fresh state */
       const int64_t i0 = (first + i) * QT, rows = (j->Nq - i0) < QT ? (j->Nq - i0) : QT;
-      uint16_t *dst = qtv + i * 32 * QT * 2;
+      uint16_t *dst = qtv + i * qte;
       const uint16_t *q0 = j->q + b * j->qs0 + h * j->qs1 + i0 * j->qs2;
-      memset(dst, 0, 32 * QT * 2 * sizeof(uint16_t));
+      memset(dst, 0, qte * sizeof(uint16_t));
       if (pairs_ok) { /* gather each dim pair (one 32-bit word) of the tile's 16 queries */
         const __m512i idx = _mm512_mullo_epi32(lanes, _mm512_set1_epi32((int)(j->qs2 / 2)));
         const __mmask16 live = (__mmask16)((1u << rows) - 1);
@@ -216,12 +354,18 @@ static void *worker(void *arg) {
           for (int64_t d = 0; d < D; ++d) dst[((d >> 1) * QT + r) * 2 + (d & 1)] = q0[r * j->qs2 + d];
       }
       for (int k = 0; k < QT; ++k) st[i].m[k] = -1e30f;
-      memset(st[i].ot, 0, sizeof st[i].ot);
+      st[i].ot = ot + i * dpad * QT;
+      memset(st[i].ot, 0, dpad * QT * sizeof(float));
     }
-    const uint16_t *kh = j->kp + bh * j->ldk * D, *vth = j->vt + bh * DPAD * j->ldk;
+    const uint16_t *kh = j->kp + bh * j->ldk * D, *vth = j->vt + bh * dpad * j->ldk;
     for (int64_t c0 = 0; c0 < j->Nk; c0 += j->chunk) {
       const int64_t c1 = (c0 + j->chunk) < j->Nk ? (c0 + j->chunk) : j->Nk;
-      for (int64_t i = 0; i < n; ++i) attend_tile(j, qtv + i * 32 * QT * 2, kh, vth, c0, c1, &st[i], S, P);
+      for (int64_t i = 0; i < n; ++i) {
+        if (wide)
+          attend_tile_wide(j, qtv + i * qte, kh, vth, c0, c1, &st[i], S, P);
+        else
+          attend_tile(j, qtv + i * qte, kh, vth, c0, c1, &st[i], S, P);
+      }
     }
     for (int64_t i = 0; i < n; ++i) {
       const int64_t i0 = (first + i) * QT, rows = (j->Nq - i0) < QT ? (j->Nq - i0) : QT;
@@ -242,7 +386,7 @@ static void *worker(void *arg) {
     t0 = t1;
   }
   _tile_release();
-  free(S), free(P), free(st), free(qtv);
+  free(S), free(P), free(st), free(ot), free(qtv);
   return NULL;
 }
 
@@ -254,31 +398,33 @@ typedef struct {
 
 /* Pack K and V per (batch, head), zero padded to ldk keys, in the order the tiles read them, so every tile row is
  * a contiguous 64 bytes (a long row stride would put a tile's rows in a few L1 sets, missing on every load):
- *   K:   groups of 16 keys, each 16 rows of dims 0..31 then 16 rows of dims 32..D-1;
- *   V^T: chunks of 32 keys, each DPAD rows (dims) of 32 keys, row D all ones. */
+ *   K:   groups of 16 keys, each 16 rows of dims 0..31, then of 32..63 and so on, then of the last D % 32 dims;
+ *   V^T: chunks of 32 keys, each dpad_of(D) rows (dims) of 32 keys, row D all ones. */
 static void *packer(void *arg) {
   pack_t *p = (pack_t *)arg;
   for (int64_t bh = p->begin; bh < p->end; ++bh) {
     const int64_t b = bh / p->H, h = bh % p->H;
-    const int64_t D = p->D;
-    uint16_t *kd = p->kp + bh * p->ldk * D, *vd = p->vt + bh * DPAD * p->ldk;
+    const int64_t D = p->D, dpad = dpad_of(D), full = D / 32, rest = D % 32;
+    uint16_t *kd = p->kp + bh * p->ldk * D, *vd = p->vt + bh * dpad * p->ldk;
     const uint16_t *ks = p->k + b * p->ks0 + h * p->ks1, *vs = p->v + b * p->vs0 + h * p->vs1;
     for (int64_t c = 0; c < p->ldk / 32; ++c) { /* per V^T chunk: the ones row, zero rows below it */
-      uint16_t *vc = vd + c * DPAD * 32;
+      uint16_t *vc = vd + c * dpad * 32;
       for (int64_t n = 0; n < 32; ++n) vc[D * 32 + n] = BF16_ONE;
-      memset(vc + (D + 1) * 32, 0, (DPAD - D - 1) * 32 * sizeof(uint16_t));
+      memset(vc + (D + 1) * 32, 0, (dpad - D - 1) * 32 * sizeof(uint16_t));
     }
     for (int64_t n = 0; n < p->ldk; ++n) { /* every key's K row and V column; padded keys are zeros */
-      uint16_t *kg = kd + (n >> 4) * 16 * D, *vc = vd + (n >> 5) * DPAD * 32 + (n & 31);
-      if (n < p->Nk) {
-        memcpy(kg + (n & 15) * 32, ks + n * p->ks2, 32 * sizeof(uint16_t));
-        memcpy(kg + 16 * 32 + (n & 15) * (D - 32), ks + n * p->ks2 + 32, (D - 32) * sizeof(uint16_t));
-        for (int64_t d = 0; d < D; ++d) vc[d * 32] = vs[n * p->vs2 + d];
-      } else {
-        memset(kg + (n & 15) * 32, 0, 32 * sizeof(uint16_t));
-        memset(kg + 16 * 32 + (n & 15) * (D - 32), 0, (D - 32) * sizeof(uint16_t));
-        for (int64_t d = 0; d < D; ++d) vc[d * 32] = 0;
+      uint16_t *kg = kd + (n >> 4) * 16 * D, *vc = vd + (n >> 5) * dpad * 32 + (n & 31);
+      const uint16_t *kr = ks + n * p->ks2;
+      const int live = n < p->Nk;
+      for (int64_t g = 0; g < full; ++g) {
+        if (live)
+          memcpy(kg + g * 16 * 32 + (n & 15) * 32, kr + g * 32, 32 * sizeof(uint16_t));
+        else
+          memset(kg + g * 16 * 32 + (n & 15) * 32, 0, 32 * sizeof(uint16_t));
       }
+      if (rest && live) memcpy(kg + full * 16 * 32 + (n & 15) * rest, kr + full * 32, rest * sizeof(uint16_t));
+      if (rest && !live) memset(kg + full * 16 * 32 + (n & 15) * rest, 0, rest * sizeof(uint16_t));
+      for (int64_t d = 0; d < D; ++d) vc[d * 32] = live ? vs[n * p->vs2 + d] : 0;
     }
   }
   return NULL;
@@ -290,7 +436,7 @@ static int64_t padded_keys(int64_t Nk, int64_t block) { return ((Nk + block - 1)
 /* bf16 elements of scratch memory amx_attention needs. */
 int64_t amx_scratch_elems(int64_t B, int64_t H, int64_t Nk, int64_t D, int64_t block) {
   const int64_t ldk = padded_keys(Nk, block);
-  return B * H * ldk * (D + DPAD);
+  return B * H * ldk * (D + dpad_of(D));
 }
 
 /* One OpenMP team member: takes items until none are left. These are PyTorch's own threads, whose tile
@@ -310,11 +456,12 @@ int amx_attention(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint1
                   int64_t B, int64_t H, int64_t Nq, int64_t Nk, int64_t D, int64_t qs0, int64_t qs1, int64_t qs2,
                   int64_t ks0, int64_t ks1, int64_t ks2, int64_t vs0, int64_t vs1, int64_t vs2, double scale,
                   int64_t block, int64_t chunk, int64_t nthreads, void *gomp) {
-  if (D <= 32 || D >= DPAD || (D & 1) || !(scale > 0) || block <= 0 || block % 32 || chunk <= 0 ||
+  if (D <= 32 || D > D_MAX || (D & 1) || !(scale > 0) || block <= 0 || block % 32 || chunk <= 0 ||
       chunk % block || Nq <= 0 || Nk <= 0 || B <= 0 || H <= 0 || nthreads < 1 || nthreads > TEAM_MAX_THREADS)
     return 1;
   const int64_t ldk = padded_keys(Nk, block), BH = B * H;
   uint16_t *kp = scratch, *vt = scratch + BH * ldk * D;
+  const int64_t dpad = dpad_of(D);
   pack_t pk[TEAM_MAX_THREADS];
   job_t jobs[TEAM_MAX_THREADS];
   for (int64_t i = 0; i < nthreads; ++i)
@@ -323,7 +470,7 @@ int amx_attention(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint1
   if (team_run((gomp_parallel_t)gomp, team_member, packer, pk, sizeof pk[0], nthreads)) return 2;
   const int64_t ntasks = BH * ((Nq + QT - 1) / QT);
   for (int64_t i = 0; i < nthreads; ++i)
-    jobs[i] = (job_t){q, kp, vt, out, H, Nq, Nk, D, ldk, block, chunk, qs0, qs1, qs2,
+    jobs[i] = (job_t){q, kp, vt, out, H, Nq, Nk, D, dpad, ldk, block, chunk, qs0, qs1, qs2,
                       (float)(scale * 1.4426950408889634), ntasks * i / nthreads, ntasks * (i + 1) / nthreads, 0};
   if (team_run((gomp_parallel_t)gomp, team_member, worker, jobs, sizeof jobs[0], nthreads)) return 2;
   for (int64_t i = 0; i < nthreads; ++i)
