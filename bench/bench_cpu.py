@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 RECIPES = ("reference", "ours")
 MATMUL_N = 2048  # square matmul size for the peak-throughput probe
-PROBE_REPEATS = 4  # matmuls per probe taken right before each timed UNet step (best of them)
+PROBE_REPEATS = 4  # matmuls per probe taken right before and right after each timed UNet step (best of them)
+STEADY = 0.15  # a step ran in one steady phase of the host when its two probes differ by at most this fraction
 GIB = 1024**3
 
 
@@ -106,6 +107,20 @@ class MatmulProbe:
         return 2 * MATMUL_N**3 / best / 1e12
 
 
+def steady_ratios(step_times, before, after, flops: float, tolerance: float = STEADY) -> list[tuple[float, float]]:
+    """(ratio to the compute limit, probe) for each step whose probes before and after agree within `tolerance`.
+
+    Such a step ran in one phase of a drifting host, so it can be held against its own probes (their mean); the
+    others straddle a change of speed and are left out.
+    """
+    steady = []
+    for seconds, a, b in zip(step_times, before, after, strict=True):
+        if abs(a - b) <= tolerance * max(a, b):
+            peak = (a + b) / 2
+            steady.append((seconds * peak * 1e12 / flops, peak))
+    return steady
+
+
 def matmul_peak() -> dict[str, float]:
     """Best observed TFLOP/s of a square matmul in bf16 and fp32 on this CPU."""
     import torch
@@ -141,10 +156,11 @@ def worker(recipe: str, folder: Path, width: int, height: int, steps: int, unet_
     concat = torch.randn(1, 4, height // 8, width // 8, dtype=dtype)
     embeds = torch.cat([uncond, cond]).to(dtype)
     probe = MatmulProbe(torch.bfloat16)
-    step_times, peaks = [], []
+    step_times, peaks, peaks_after = [], [], []
     # Timed as the pipeline samples: inside kept_heap (which keeps glibc's defaults for the reference recipe). The
-    # bf16 matmul peak is probed before each step, so the run samples the speeds a drifting shared VM goes through
-    # (print_table holds the fastest step against the highest probe, and medians against each other).
+    # bf16 matmul peak is probed right before and right after each step, so the run samples the speeds a drifting
+    # shared VM goes through (print_table holds the fastest step against the highest probe, medians against each
+    # other, and each step that ran in one steady phase against its own probes).
     with torch.inference_mode(), kept_heap(True) as allocator:
         models.unet(latents, torch.tensor(500), embeds, concat)  # warm-up
         for _ in range(unet_steps):
@@ -152,9 +168,10 @@ def worker(recipe: str, folder: Path, width: int, height: int, steps: int, unet_
             t = time.perf_counter()
             models.unet(latents, torch.tensor(500), embeds, concat)
             step_times.append(time.perf_counter() - t)
+            peaks_after.append(probe())
     result = {"recipe": recipe, "placement": placement.describe(), "attention": models.attention, "load_s": load_s,
               "unet_ops": models.unet_ops, "allocator": allocator, "unet_step_s": statistics.median(step_times),
-              "step_times": step_times, "peaks": peaks}  # fmt: skip
+              "step_times": step_times, "peaks": peaks, "peaks_after": peaks_after}  # fmt: skip
     if e2e:
         fg = (np.random.RandomState(0).rand(height, width, 3) * 255).astype(np.uint8)
         params = RelightParams.for_mode("fc", prompt="a cat, sunset over sea", width=width, height=height, steps=steps)
@@ -253,13 +270,24 @@ def print_table(results: dict, peak: dict, flops: int, args) -> None:
         # run's fastest step and its highest probe (the machine at its best), and the medians of both.
         peaks = sorted([peak["bf16"], *ours["peaks"]])
         steps = sorted(ours["step_times"])
-        pairs = ", ".join(f"{s:.2f} s @ {p:.2f}" for s, p in zip(ours["step_times"], ours["peaks"], strict=True))
-        print(f"per step (s, and the bf16 TFLOP/s probed just before it): {pairs}")
+        probed = zip(ours["step_times"], ours["peaks"], ours["peaks_after"], strict=True)
+        pairs = ", ".join(f"{p:.2f} > {s:.2f} s > {a:.2f}" for s, p, a in probed)
+        print(f"per step (the bf16 TFLOP/s probed just before it > seconds > probed just after): {pairs}")
         best = steps[0] * peaks[-1] * 1e12 / flops
         typical = statistics.median(steps) * statistics.median(peaks) * 1e12 / flops
         print(f"fastest step {steps[0]:.2f} s against the highest peak {peaks[-1]:.2f} TFLOP/s: {best:.2f}x the "
               f"limit; median step {statistics.median(steps):.2f} s against the median peak "
               f"{statistics.median(peaks):.2f} TFLOP/s: {typical:.2f}x")  # fmt: skip
+        steady = steady_ratios(ours["step_times"], ours["peaks"], ours["peaks_after"], flops)
+        if steady:
+            ratios = sorted(r for r, _ in steady)
+            fast = max(steady, key=lambda rp: rp[1])
+            print(f"steps in one steady phase (probes before and after within {STEADY:.0%}): {len(steady)} of "
+                  f"{len(steps)}, each against its own probes: best {ratios[0]:.2f}x, median "
+                  f"{statistics.median(ratios):.2f}x; at the fastest steady probe ({fast[1]:.2f} TFLOP/s) "
+                  f"{fast[0]:.2f}x")  # fmt: skip
+        else:
+            print(f"no step ran in one steady phase (probes before and after within {STEADY:.0%})")
     if "ours" in results and "reference" in results:
         ref, ours = results["reference"], results["ours"]
         print(f"speed-up per UNet step: {ref['unet_step_s'] / ours['unet_step_s']:.2f}x")
