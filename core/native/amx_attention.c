@@ -88,6 +88,56 @@ static inline __m512 score_row(const float *S, int64_t r, int64_t nk) {
   return r < nk ? _mm512_load_ps(S + r * QT) : _mm512_set1_ps(-1e30f);
 }
 
+/* Block n of a tile's keys [kb, k1): its key count, the next block's start, its groups of 16 keys (rounded to 32)
+ * and the next block's, and its halves of the double-buffered scores and probabilities. */
+typedef struct {
+  int64_t nk, kn, gp, gn;
+  const float *S;
+  float *Sn; /* the next block's scores */
+  uint16_t *P;
+} block_t;
+
+static inline block_t block_at(int64_t kb, int64_t k1, int64_t block, int64_t n, float *S2, uint16_t *P2) {
+  block_t b;
+  b.nk = (k1 - kb) < block ? (k1 - kb) : block;
+  b.kn = kb + block;
+  const int64_t nkn = b.kn < k1 ? ((k1 - b.kn) < block ? (k1 - b.kn) : block) : 0;
+  b.gp = ((b.nk + 31) / 32) * 2;
+  b.gn = (nkn + 15) / 16;
+  b.S = S2 + (n & 1) * block * QT;
+  b.Sn = S2 + ((n + 1) & 1) * block * QT;
+  b.P = P2 + (n & 1) * block * QT;
+  return b;
+}
+
+/* A tile's first block (the running max still at its start value) takes its exact maximum up front. */
+static inline __m512 first_block_max(__m512 m, const float *S, int64_t nk, __m512 s2) {
+  if (!_mm512_cmp_ps_mask(m, _mm512_set1_ps(-1e30f), _CMP_LE_OQ)) return m;
+  __m512 mx = _mm512_set1_ps(-INFINITY);
+  for (int64_t r = 0; r < nk; ++r) mx = _mm512_max_ps(mx, _mm512_load_ps(S + r * QT));
+  return _mm512_max_ps(m, _mm512_mul_ps(mx, s2));
+}
+
+/* The lazy maximum's check after a block's softmax (bmax: its highest raw score per query). When a score rose more
+ * than LAZY_BITS above m, the block's probabilities are redone against the new maximum, m moves, and the factor
+ * O^T must be scaled by goes to *corr: returns 1. Else 0, nothing to do. */
+static inline int lazy_redo(__m512 *m, __m512 bmax, __m512 s2, const block_t *b, __m512 *corr) {
+  const __m512 mblk = _mm512_mul_ps(bmax, s2);
+  if (!_mm512_cmp_ps_mask(mblk, _mm512_add_ps(*m, _mm512_set1_ps(LAZY_BITS)), _CMP_GT_OQ)) return 0;
+  const __m512 mnew = _mm512_max_ps(*m, mblk), neg = _mm512_sub_ps(_mm512_setzero_ps(), mnew);
+  *corr = exp2_fast(_mm512_sub_ps(*m, mnew));
+  *m = mnew;
+  for (int64_t p = 0; p < b->gp * 8; ++p)
+    _mm512_store_si512((__m512i *)(b->P + p * 32),
+                       exp_pair(score_row(b->S, 2 * p, b->nk), score_row(b->S, 2 * p + 1, b->nk), s2, neg));
+  return 1;
+}
+
+/* Rows 0..D of O^T (the numerators and the denominator) times corr. */
+static inline void scale_rows(float *OT, int64_t D, __m512 corr) {
+  for (int64_t d = 0; d <= D; ++d) _mm512_store_ps(OT + d * QT, _mm512_mul_ps(_mm512_load_ps(OT + d * QT), corr));
+}
+
 /* O^T += V^T P^T for one chunk of 32 keys whose probabilities are at P. Tile 4 takes P, tile 0 each V^T tile. */
 static inline void pv_chunk(const uint16_t *va, const uint16_t *P) {
   _tile_loadd(4, P, 64);
@@ -111,8 +161,8 @@ static inline void pv_chunk(const uint16_t *va, const uint16_t *P) {
 static void attend_tile(const job_t *j, const uint16_t *qtv, const uint16_t *kh, const uint16_t *vth, int64_t k0,
                         int64_t k1, state_t *st, float *S2, uint16_t *P2) {
   const int64_t D = j->D, block = j->block;
-  const __m512 s2 = _mm512_set1_ps(j->scale2), lazy = _mm512_set1_ps(LAZY_BITS);
-  __m512 m = _mm512_load_ps(st->m);
+  const __m512 s2 = _mm512_set1_ps(j->scale2);
+  __m512 m = _mm512_load_ps(st->m), corr;
   float *OT = st->ot;
   _tile_loadd(2, qtv, 64);
   _tile_loadd(3, qtv + 16 * QT * 2, 64);
@@ -125,17 +175,12 @@ static void attend_tile(const job_t *j, const uint16_t *qtv, const uint16_t *kh,
   int64_t pv_n = 0;                          /* its chunks of 32 keys */
   int64_t n = 0;
   for (int64_t kb = k0; kb < k1; kb += block, ++n) {
-    const int64_t nk = (k1 - kb) < block ? (k1 - kb) : block, kn = kb + block;
-    const int64_t nkn = kn < k1 ? ((k1 - kn) < block ? (k1 - kn) : block) : 0;
-    const int64_t gp = ((nk + 31) / 32) * 2, gn = (nkn + 15) / 16; /* groups here (to 32 keys), groups next */
-    const float *S = S2 + (n & 1) * block * QT;
-    float *Sn = S2 + ((n + 1) & 1) * block * QT;
-    uint16_t *P = P2 + (n & 1) * block * QT;
-    if (_mm512_cmp_ps_mask(m, _mm512_set1_ps(-1e30f), _CMP_LE_OQ)) { /* a tile's first block: exact max first */
-      __m512 mx = _mm512_set1_ps(-INFINITY);
-      for (int64_t r = 0; r < nk; ++r) mx = _mm512_max_ps(mx, _mm512_load_ps(S + r * QT));
-      m = _mm512_max_ps(m, _mm512_mul_ps(mx, s2));
-    }
+    const block_t b = block_at(kb, k1, block, n, S2, P2);
+    const int64_t nk = b.nk, kn = b.kn, gp = b.gp, gn = b.gn;
+    const float *S = b.S;
+    float *Sn = b.Sn;
+    uint16_t *P = b.P;
+    m = first_block_max(m, S, nk, s2);
     const __m512 neg = _mm512_sub_ps(_mm512_setzero_ps(), m);
     __m512 bmax = _mm512_set1_ps(-INFINITY);
     int64_t c = 0; /* next chunk of the previous block */
@@ -157,18 +202,11 @@ static void attend_tile(const job_t *j, const uint16_t *qtv, const uint16_t *kh,
     }
     for (int64_t g = gp; g < gn; ++g) score_group(j, kh + (kn + g * 16) * D, Sn + g * 16 * QT);
     for (; c < pv_n; ++c) pv_chunk(pv_v + c * 32 * DPAD, pv_p + c * 16 * 32);
-    const __m512 mblk = _mm512_mul_ps(bmax, s2);
-    if (_mm512_cmp_ps_mask(mblk, _mm512_add_ps(m, lazy), _CMP_GT_OQ)) { /* a score rose too far: redo the block */
-      const __m512 mnew = _mm512_max_ps(m, mblk), corr = exp2_fast(_mm512_sub_ps(m, mnew));
-      const __m512 neg2 = _mm512_sub_ps(_mm512_setzero_ps(), mnew);
-      m = mnew;
-      for (int64_t p = 0; p < gp * 8; ++p)
-        _mm512_store_si512((__m512i *)(P + p * 32),
-                           exp_pair(score_row(S, 2 * p, nk), score_row(S, 2 * p + 1, nk), s2, neg2));
+    if (lazy_redo(&m, bmax, s2, &b, &corr)) { /* a score rose too far: O^T (every earlier block) is rescaled */
       _tile_stored(5, OT, 64);
       _tile_stored(6, OT + 16 * QT, 64);
       _tile_stored(7, OT + 32 * QT, 64);
-      for (int64_t d = 0; d <= D; ++d) _mm512_store_ps(OT + d * QT, _mm512_mul_ps(_mm512_load_ps(OT + d * QT), corr));
+      scale_rows(OT, D, corr);
       _tile_loadd(5, OT, 64);
       _tile_loadd(6, OT + 16 * QT, 64);
       _tile_loadd(7, OT + 32 * QT, 64);
@@ -251,8 +289,8 @@ static inline void wide_pv(const uint16_t *vb, const uint16_t *P, int64_t nc, in
 static void attend_tile_wide(const job_t *j, const uint16_t *qtv, const uint16_t *kh, const uint16_t *vth,
                              int64_t k0, int64_t k1, state_t *st, float *S2, uint16_t *P2) {
   const int64_t D = j->D, block = j->block, dpad = j->dpad;
-  const __m512 s2 = _mm512_set1_ps(j->scale2), lazy = _mm512_set1_ps(LAZY_BITS);
-  __m512 m = _mm512_load_ps(st->m);
+  const __m512 s2 = _mm512_set1_ps(j->scale2);
+  __m512 m = _mm512_load_ps(st->m), corr;
   float *OT = st->ot;
   wide_load_q(qtv, D);
   for (int64_t g = 0; g < ((k1 - k0 < block ? k1 - k0 : block) + 15) / 16; ++g)
@@ -261,40 +299,22 @@ static void attend_tile_wide(const job_t *j, const uint16_t *qtv, const uint16_t
   int64_t pv_n = 0;                          /* its chunks of 32 keys */
   int64_t n = 0;
   for (int64_t kb = k0; kb < k1; kb += block, ++n) {
-    const int64_t nk = (k1 - kb) < block ? (k1 - kb) : block, kn = kb + block;
-    const int64_t nkn = kn < k1 ? ((k1 - kn) < block ? (k1 - kn) : block) : 0;
-    const int64_t gp = ((nk + 31) / 32) * 2, gn = (nkn + 15) / 16; /* groups here (to 32 keys), groups next */
-    const float *S = S2 + (n & 1) * block * QT;
-    float *Sn = S2 + ((n + 1) & 1) * block * QT;
-    uint16_t *P = P2 + (n & 1) * block * QT;
-    for (int64_t g = 0; g < gn; ++g) wide_score_group(D, kh + (kn + g * 16) * D, Sn + g * 16 * QT);
+    const block_t b = block_at(kb, k1, block, n, S2, P2);
+    for (int64_t g = 0; g < b.gn; ++g) wide_score_group(D, kh + (b.kn + g * 16) * D, b.Sn + g * 16 * QT);
     if (pv_n) {
       wide_pv(pv_v, pv_p, pv_n, dpad, OT);
-      if (gn) wide_load_q(qtv, D);
+      if (b.gn) wide_load_q(qtv, D);
     }
-    if (_mm512_cmp_ps_mask(m, _mm512_set1_ps(-1e30f), _CMP_LE_OQ)) { /* a tile's first block: exact max first */
-      __m512 mx = _mm512_set1_ps(-INFINITY);
-      for (int64_t r = 0; r < nk; ++r) mx = _mm512_max_ps(mx, _mm512_load_ps(S + r * QT));
-      m = _mm512_max_ps(m, _mm512_mul_ps(mx, s2));
-    }
+    m = first_block_max(m, b.S, b.nk, s2);
     const __m512 neg = _mm512_sub_ps(_mm512_setzero_ps(), m);
     __m512 bmax = _mm512_set1_ps(-INFINITY);
-    for (int64_t p = 0; p < gp * 8; ++p) {
-      const __m512 x0 = score_row(S, 2 * p, nk), x1 = score_row(S, 2 * p + 1, nk);
+    for (int64_t p = 0; p < b.gp * 8; ++p) {
+      const __m512 x0 = score_row(b.S, 2 * p, b.nk), x1 = score_row(b.S, 2 * p + 1, b.nk);
       bmax = _mm512_max_ps(bmax, _mm512_max_ps(x0, x1));
-      _mm512_store_si512((__m512i *)(P + p * 32), exp_pair(x0, x1, s2, neg));
+      _mm512_store_si512((__m512i *)(b.P + p * 32), exp_pair(x0, x1, s2, neg));
     }
-    const __m512 mblk = _mm512_mul_ps(bmax, s2);
-    if (_mm512_cmp_ps_mask(mblk, _mm512_add_ps(m, lazy), _CMP_GT_OQ)) { /* a score rose too far: redo the block */
-      const __m512 mnew = _mm512_max_ps(m, mblk), corr = exp2_fast(_mm512_sub_ps(m, mnew));
-      const __m512 neg2 = _mm512_sub_ps(_mm512_setzero_ps(), mnew);
-      m = mnew;
-      for (int64_t p = 0; p < gp * 8; ++p)
-        _mm512_store_si512((__m512i *)(P + p * 32),
-                           exp_pair(score_row(S, 2 * p, nk), score_row(S, 2 * p + 1, nk), s2, neg2));
-      for (int64_t d = 0; d <= D; ++d) _mm512_store_ps(OT + d * QT, _mm512_mul_ps(_mm512_load_ps(OT + d * QT), corr));
-    }
-    pv_v = vth + kb * dpad, pv_p = P, pv_n = gp / 2;
+    if (lazy_redo(&m, bmax, s2, &b, &corr)) scale_rows(OT, D, corr); /* O^T in memory holds every earlier block */
+    pv_v = vth + kb * dpad, pv_p = b.P, pv_n = b.gp / 2;
   }
   wide_pv(pv_v, pv_p, pv_n, dpad, OT);
   _mm512_store_ps(st->m, m);
