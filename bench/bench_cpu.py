@@ -266,9 +266,10 @@ def print_table(results: dict, peak: dict, flops: int, args) -> None:
         ours = results["ours"]
         print(f"\nUNet step: {flops / 1e12:.2f} TFLOP; the compute limit is that at the bf16 matmul peak")
         # Shared VMs switch between speeds faster than a step takes (the bf16 matmul probe was seen at 0.7 and 1.9
-        # TFLOP/s seconds apart), so a step cannot be paired with one probe. Held against each other instead: the
-        # run's fastest step and its highest probe (the machine at its best), and the medians of both.
-        peaks = sorted([peak["bf16"], *ours["peaks"]])
+        # TFLOP/s seconds apart), so one probe does not describe a step. Held against each other: the run's fastest
+        # step and its highest probe (the machine at its best), the medians of both, and each step whose probes
+        # before and after agree (it ran in one phase) against those probes.
+        peaks = sorted([peak["bf16"], *ours["peaks"], *ours["peaks_after"]])
         steps = sorted(ours["step_times"])
         probed = zip(ours["step_times"], ours["peaks"], ours["peaks_after"], strict=True)
         pairs = ", ".join(f"{p:.2f} > {s:.2f} s > {a:.2f}" for s, p, a in probed)

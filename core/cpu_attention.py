@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from core.devices import cpu_flags
+from core.devices import cpu_flags, env_choice
 
 logger = logging.getLogger(__name__)
 
@@ -299,10 +299,7 @@ def _load(kind: type[NativeAttention], compiler: str) -> tuple[NativeAttention |
 def load_kernel() -> tuple[NativeAttention | None, KernelStatus]:
     """The best attention kernel this machine can build and run (AMX, else AVX512-BF16), else None; with the reason
     either way (cached). ICLIGHT_CPU_ATTENTION=amx or avx512 asks for one kernel, sdpa for none."""
-    mode = os.environ.get(MODE_ENV, "auto").strip().lower()
-    if mode not in MODES:
-        logger.warning("%s should be one of %s but is %r; using auto", MODE_ENV, ", ".join(MODES), mode)
-        mode = "auto"
+    mode = env_choice(MODE_ENV, MODES)
     if mode == "sdpa":
         return None, KernelStatus(False, f"SDPA ({MODE_ENV}=sdpa)")
     if not native_platform():

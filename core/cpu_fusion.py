@@ -28,7 +28,6 @@ masks, extra attention arguments or training mode, run diffusers' own forward on
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core import cpu_attention, cpu_ops
+from core.devices import env_choice
 
 logger = logging.getLogger(__name__)
 
@@ -471,10 +471,7 @@ def install(
     """Fuse a bf16/fp32 CPU UNet when this PyTorch can; returns what was done (or why not) for the status line.
 
     `kernel` runs the attention and `ops` the norms where they take the inputs (bf16); PyTorch runs the rest."""
-    mode = os.environ.get(MODE_ENV, "auto").strip().lower()
-    if mode not in MODES:
-        logger.warning("%s should be one of %s but is %r; using auto", MODE_ENV, ", ".join(MODES), mode)
-    if mode == "off":
+    if env_choice(MODE_ENV, MODES) == "off":
         return FusionStatus(False, f"eager ({MODE_ENV}=off)")
     dtype = next(unet.parameters()).dtype
     reason = unavailable_reason(dtype)

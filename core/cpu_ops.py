@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import logging
-import os
 import subprocess
 from pathlib import Path
 
@@ -26,9 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core import cpu_attention
-from core.devices import cpu_flags
-
-logger = logging.getLogger(__name__)
+from core.devices import cpu_flags, env_choice
 
 MODE_ENV = "ICLIGHT_CPU_OPS"  # auto (default) or off
 MODES = ("auto", "off")
@@ -94,9 +90,10 @@ class NativeOps:
         b, c, h, w = x.shape
         weight, bias = self._params(norm)
         out = torch.empty_like(x, memory_format=torch.channels_last)
-        work = torch.empty(self._lib.bf16_group_norm_work_bytes(b, c, self._threads()), dtype=torch.uint8)
+        threads = self._threads()
+        work = torch.empty(self._lib.bf16_group_norm_work_bytes(b, c, threads), dtype=torch.uint8)
         rc = self._lib.bf16_group_norm(x.data_ptr(), out.data_ptr(), self._ptr(weight), self._ptr(bias), b, h * w, c,
-                                       norm.num_groups, norm.eps, int(silu), work.data_ptr(), self._threads(),
+                                       norm.num_groups, norm.eps, int(silu), work.data_ptr(), threads,
                                        self.team)  # fmt: skip
         self._check(rc, "GroupNorm", x.shape)
         return out
@@ -149,10 +146,7 @@ def self_test(ops: NativeOps) -> float:
 @functools.cache
 def load_ops() -> tuple[NativeOps | None, str]:
     """The native ops when this machine can build and run them (cached), else None; with the reason either way."""
-    mode = os.environ.get(MODE_ENV, "auto").strip().lower()
-    if mode not in MODES:
-        logger.warning("%s should be one of %s but is %r; using auto", MODE_ENV, ", ".join(MODES), mode)
-    if mode == "off":
+    if env_choice(MODE_ENV, MODES) == "off":
         return None, f"PyTorch ({MODE_ENV}=off)"
     if not cpu_attention.native_platform():
         return None, "PyTorch (the native ops are for Linux on x86-64)"

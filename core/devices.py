@@ -143,6 +143,16 @@ def resolve_placement(device: str | None = "auto", dtype: str | None = "auto", l
     )
 
 
+def env_choice(name: str, choices: tuple[str, ...]) -> str:
+    """An environment variable that names one of `choices` (case-insensitive); unset or unknown gives the first,
+    with a warning for an unknown value."""
+    value = os.environ.get(name, choices[0]).strip().lower()
+    if value not in choices:
+        logger.warning("%s should be one of %s but is %r; using %s", name, "/".join(choices), value, choices[0])
+        return choices[0]
+    return value
+
+
 def env_flag(name: str, default: bool = False) -> bool:
     """Read a boolean environment variable ('1', 'true', 'yes', 'on')."""
     value = os.environ.get(name)
@@ -182,10 +192,7 @@ def kept_heap(enabled: bool = True) -> Iterator[str]:
     On exit glibc's settings come back and the freed heap is handed back, so the VAE and the idle app keep their
     usual footprint. Yields the mode in use; `ICLIGHT_CPU_ALLOCATOR=system` keeps glibc's defaults throughout.
     """
-    mode = os.environ.get(ALLOCATOR_ENV, "tuned").strip().lower() if enabled else "system"
-    if mode not in ALLOCATOR_MODES:
-        logger.warning("%s should be one of %s but is %r; using tuned", ALLOCATOR_ENV, "/".join(ALLOCATOR_MODES), mode)
-        mode = "tuned"
+    mode = env_choice(ALLOCATOR_ENV, ALLOCATOR_MODES) if enabled else "system"
     mallopt = _glibc_function("mallopt") if mode == "tuned" else None
     if mode == "tuned" and mallopt is None:
         mode = "system (not glibc)"

@@ -28,6 +28,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tiny_models import write_base_model, write_offsets  # noqa: E402
 
 
+@pytest.fixture
+def native_cache(monkeypatch, tmp_path):
+    """A private build folder for the native kernels, with their cached loaders cleared before and after."""
+    from core import cpu_attention, cpu_ops
+
+    monkeypatch.setenv(cpu_attention.CACHE_ENV, str(tmp_path / "cache"))
+    loaders = (cpu_attention.load_kernel, cpu_ops.load_ops)
+    for loader in loaders:
+        loader.cache_clear()
+    yield tmp_path / "cache"
+    for loader in loaders:
+        loader.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def tiny_paths(tmp_path_factory) -> dict[str, Path]:
     """{'base': diffusers folder, 'models': folder with iclight_sd15_{fc,fcon,fbc}.safetensors}."""

@@ -35,12 +35,9 @@ needs_a_kernel = pytest.mark.skipif(not runs_here(Bf16Attention), reason="this C
 
 
 @pytest.fixture
-def fresh_loader(monkeypatch, tmp_path):
+def fresh_loader(native_cache):
     """load_kernel with its cache cleared and a private build folder; restored afterwards."""
-    monkeypatch.setenv(cpu_attention.CACHE_ENV, str(tmp_path / "cache"))
-    load_kernel.cache_clear()
-    yield load_kernel
-    load_kernel.cache_clear()
+    return load_kernel
 
 
 @pytest.fixture(scope="module", params=[AmxAttention, Bf16Attention], ids=["amx", "avx512"])

@@ -27,11 +27,9 @@ def ops(tmp_path_factory):
 
 
 @pytest.fixture
-def fresh_loader(monkeypatch, tmp_path):
-    monkeypatch.setenv(cpu_attention.CACHE_ENV, str(tmp_path / "cache"))
-    load_ops.cache_clear()
-    yield load_ops
-    load_ops.cache_clear()
+def fresh_loader(native_cache):
+    """load_ops with its cache cleared and a private build folder; restored afterwards."""
+    return load_ops
 
 
 def random_norm(norm: nn.Module, seed: int) -> nn.Module:

@@ -85,6 +85,17 @@ def test_tuned_allocator_reuses_big_tensors_instead_of_faulting_them_in():
     assert tuned_rss < system_rss + 64, (tuned_rss, system_rss)
 
 
+def test_env_choice_reads_one_of_its_choices(monkeypatch, caplog):
+    monkeypatch.delenv("ICLIGHT_TEST_MODE", raising=False)
+    assert devices.env_choice("ICLIGHT_TEST_MODE", ("auto", "off")) == "auto"  # unset: the first
+    monkeypatch.setenv("ICLIGHT_TEST_MODE", " OFF ")
+    assert devices.env_choice("ICLIGHT_TEST_MODE", ("auto", "off")) == "off"
+    assert not caplog.text
+    monkeypatch.setenv("ICLIGHT_TEST_MODE", "sometimes")
+    assert devices.env_choice("ICLIGHT_TEST_MODE", ("auto", "off")) == "auto"
+    assert "ICLIGHT_TEST_MODE should be one of auto/off but is 'sometimes'; using auto" in caplog.text
+
+
 def test_allocator_falls_back_where_it_cannot_tune(monkeypatch, caplog):
     monkeypatch.setattr(devices, "_glibc_function", lambda name: None)
     monkeypatch.setenv(devices.ALLOCATOR_ENV, "bogus")
