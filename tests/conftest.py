@@ -42,6 +42,17 @@ def native_cache(monkeypatch, tmp_path):
         loader.cache_clear()
 
 
+@pytest.fixture
+def broken_cc(tmp_path):
+    """A C compiler that answers --version but fails every build with 'error: no'."""
+    import stat
+
+    compiler = tmp_path / "broken-cc"
+    compiler.write_text("#!/bin/sh\necho 'fake 1.0'\n[ \"$1\" = --version ] && exit 0\necho 'error: no' >&2\nexit 1\n")
+    compiler.chmod(compiler.stat().st_mode | stat.S_IEXEC)
+    return compiler
+
+
 @pytest.fixture(scope="session")
 def tiny_paths(tmp_path_factory) -> dict[str, Path]:
     """{'base': diffusers folder, 'models': folder with iclight_sd15_{fc,fcon,fbc}.safetensors}."""

@@ -5,7 +5,6 @@ Every kernel test runs once per kernel this CPU can execute (both on Sapphire Ra
 from __future__ import annotations
 
 import os
-import stat
 import threading
 from pathlib import Path
 
@@ -276,16 +275,13 @@ def test_cpu_without_bf16_instructions_uses_sdpa(fresh_loader, monkeypatch):
 
 
 @needs_a_kernel
-def test_missing_or_failing_compiler_falls_back(fresh_loader, monkeypatch, tmp_path):
+def test_missing_or_failing_compiler_falls_back(fresh_loader, monkeypatch, tmp_path, broken_cc):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     kernel, status = fresh_loader()
     best = AmxAttention if HAS_AMX else Bf16Attention
     assert kernel is None and f"building the {best.NAME} kernel failed" in status.reason
 
-    broken = tmp_path / "broken-cc"
-    broken.write_text("#!/bin/sh\necho 'fake 1.0'\n[ \"$1\" = --version ] && exit 0\necho 'error: no' >&2\nexit 1\n")
-    broken.chmod(broken.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("CC", str(broken))
+    monkeypatch.setenv("CC", str(broken_cc))
     load_kernel.cache_clear()
     kernel, status = fresh_loader()
     assert kernel is None and "failed" in status.reason and "error: no" in status.reason

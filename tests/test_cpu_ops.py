@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import stat
 
 import pytest
 import torch
@@ -156,14 +155,11 @@ def test_off_switch_and_missing_instructions(fresh_loader, monkeypatch):
 
 
 @needs_ops
-def test_missing_or_failing_compiler_falls_back(fresh_loader, monkeypatch, tmp_path):
+def test_missing_or_failing_compiler_falls_back(fresh_loader, monkeypatch, tmp_path, broken_cc):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     ops, reason = fresh_loader()
     assert ops is None and "building the native ops failed" in reason
-    broken = tmp_path / "broken-cc"
-    broken.write_text("#!/bin/sh\necho 'fake 1.0'\n[ \"$1\" = --version ] && exit 0\necho 'error: no' >&2\nexit 1\n")
-    broken.chmod(broken.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("CC", str(broken))
+    monkeypatch.setenv("CC", str(broken_cc))
     load_ops.cache_clear()
     ops, reason = fresh_loader()
     assert ops is None and "error: no" in reason
