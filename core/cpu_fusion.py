@@ -236,7 +236,11 @@ class FusedResnetBlock2D(nn.Module):
 
         return (
             type(block) is ResnetBlock2D
-            and block.time_embedding_norm == "default"
+            # the VAE decoder's resnets say "group" and have no time embedding: the same forward as "default"
+            and (
+                block.time_embedding_norm == "default"
+                or (block.time_embedding_norm, block.time_emb_proj) == ("group", None)
+            )
             and block.upsample is None
             and block.downsample is None
             and block.output_scale_factor == 1.0
@@ -391,6 +395,83 @@ class FusedTransformer2D(nn.Module):
         return attn.to_out[0](out, residual)
 
 
+# For output phase a (rows 2i + a), the 3x3 kernel rows that fall on low-res rows i - 1 + a and i + a.
+_PHASE_TAPS = (((0,), (1, 2)), ((0, 1), (2,)))
+
+
+def upsample_phase_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A 3x3 kernel applied after a 2x nearest upsample, as four 2x2 kernels on the low-res input: [4 * out, in, 2, 2].
+
+    Output pixel (2i + a, 2j + b) sees only low-res rows i - 1 + a, i + a and columns j - 1 + b, j + b; each 2x2 tap
+    sums the kernel rows and columns `_PHASE_TAPS` gives. Phases are stacked (a, b) = 00, 01, 10, 11; sums in fp32."""
+    w = weight.detach().float()
+    phases = []
+    for rows in _PHASE_TAPS:
+        for cols in _PHASE_TAPS:
+            taps = [[w[:, :, list(r)][:, :, :, list(c)].sum((2, 3)) for c in cols] for r in rows]
+            phases.append(torch.stack([torch.stack(row, -1) for row in taps], -2))
+    return torch.cat(phases, 0).to(weight.dtype)
+
+
+class FusedUpsample2D(nn.Module):
+    """diffusers Upsample2D (2x nearest, then a 3x3 convolution) as one GEMM on the low-res input.
+
+    Each output pixel's 3x3 window over the upsampled map covers only 2x2 distinct low-res pixels, so the four output
+    phases are four 2x2 convolutions of the input: 4/9 of the FLOPs, and the 4x larger upsampled map is never
+    written. They run as one GEMM, [(H + 1) * (W + 1), 4 * in] 2x2 patches of the zero-padded input by the stacked
+    [4 * out, 4 * in] phase kernels, and the phases are interleaved into the output. Other output sizes (odd latent
+    sizes) run diffusers' own forward on the packed 3x3 convolution.
+    """
+
+    def __init__(self, up: nn.Module) -> None:
+        super().__init__()
+        self.block = up  # its conv is packed too, for the forward this one does not take
+        conv = up.conv
+        self.out_channels = conv.out_channels
+        phases = upsample_phase_weight(conv.weight)  # [4 * out, in, 2, 2] -> GEMM rows of (ky, kx, in)
+        self.packed = _mkldnn()._reorder_linear_weight(
+            phases.permute(0, 2, 3, 1).reshape(phases.shape[0], -1).contiguous(), PACK_ROWS
+        )
+        self.bias = None if conv.bias is None else conv.bias.detach().repeat(4)
+
+    @staticmethod
+    def supports(up: nn.Module) -> bool:
+        from diffusers.models.upsampling import Upsample2D
+
+        return (
+            type(up) is Upsample2D
+            and up.use_conv
+            and not up.use_conv_transpose
+            and up.interpolate
+            and up.norm is None
+            and up.name == "conv"
+            and _is_same_3x3(up.conv)
+            and up.conv.weight.device.type == "cpu"
+        )
+
+    def forward(self, hidden_states: torch.Tensor, output_size=None, *args, **kwargs) -> torch.Tensor:
+        up, x = self.block, hidden_states
+        doubled = output_size is None or tuple(output_size) == (2 * x.shape[2], 2 * x.shape[3])
+        if up.training or args or kwargs or not doubled or x.dim() != 4 or x.dtype != self.packed.dtype:
+            return up(hidden_states, output_size, *args, **kwargs)
+        if shared_batch(x):
+            return broadcast(self(x[:1]), x.shape[0])
+        return self._run(x)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1))  # NHWC, one zero pixel around
+        windows = padded.unfold(1, 2, 1).unfold(2, 2, 1)  # [B, H + 1, W + 1, C, 2, 2], a view
+        patches = windows.permute(0, 1, 2, 4, 5, 3).reshape(-1, 4 * channels)
+        phases = _mkldnn()._linear_pointwise(patches, self.packed, self.bias, "none", [], "")
+        phases = phases.view(batch, height + 1, width + 1, 2, 2, self.out_channels)
+        out = x.new_empty(batch, height, 2, width, 2, self.out_channels)  # NHWC, rows and columns interleaved
+        for a in range(2):
+            for b in range(2):
+                out[:, :, a, :, b] = phases[:, a : a + height, b : b + width, a, b]
+        return out.view(batch, 2 * height, 2 * width, self.out_channels).permute(0, 3, 1, 2)
+
+
 def _is_same_3x3(conv: nn.Module) -> bool:
     """A 3x3 Conv2d that keeps the size (padding 1, stride 1, no dilation or groups)."""
     return (
@@ -430,54 +511,68 @@ def _swap(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
 
 
-def fuse_unet(
-    unet: nn.Module, kernel: cpu_attention.NativeAttention | None = None, ops: cpu_ops.NativeOps | None = None
+def fuse_model(
+    model: nn.Module, kernel: cpu_attention.NativeAttention | None = None, ops: cpu_ops.NativeOps | None = None
 ) -> dict[str, int]:
-    """Rewrite a diffusers UNet in place for the fused path; returns how many modules of each kind changed.
+    """Rewrite a diffusers UNet or VAE in place for the fused path; returns how many modules of each kind changed.
 
     Blocks are wrapped first, then GEGLUs and every remaining Conv2d and Linear are packed one at a time, each
-    original dropped as soon as its packed copy is in place (so the weights are never held twice).
+    original dropped as soon as its packed copy is in place (the upsamplers keep their 3x3 weight for other output
+    sizes beside the phase kernels; every other weight is held once). Fusing a fused model again changes nothing.
     """
-    counts = {"transformers": 0, "resnets": 0, "geglu": 0, "conv": 0, "linear": 0}
+    counts = {"transformers": 0, "resnets": 0, "upsamplers": 0, "geglu": 0, "conv": 0, "linear": 0}
     wrappers = ((FusedTransformer2D, "transformers", lambda m: FusedTransformer2D(m, kernel, ops)),
-                (FusedResnetBlock2D, "resnets", lambda m: FusedResnetBlock2D(m, ops)))  # fmt: skip
+                (FusedResnetBlock2D, "resnets", lambda m: FusedResnetBlock2D(m, ops)),
+                (FusedUpsample2D, "upsamplers", FusedUpsample2D))  # fmt: skip
     packers = ((FusedGEGLU, "geglu", FusedGEGLU), (PackedConv2d, "conv", PackedConv2d),
                (PackedLinear, "linear", PackedLinear.from_linear))  # fmt: skip
     for stage in (wrappers, packers):
-        names = [name for name, _ in unet.named_modules()]  # names only: no references that keep weights alive
-        fused = (FusedTransformer2D, FusedResnetBlock2D)
-        wrapped = [name + "." for name, m in unet.named_modules() if isinstance(m, fused)] if stage is wrappers else []
+        names = [name for name, _ in model.named_modules()]  # names only: no references that keep weights alive
+        fused = tuple(_WRAPPERS.values())
+        wrapped = (
+            [name + "." for name, m in model.named_modules() if isinstance(m, fused)] if stage is wrappers else []
+        )
         for name in names:
             if any(name.startswith(w) for w in wrapped):  # fused before: never wrap twice
                 continue
             try:
-                module = unet.get_submodule(name)
+                module = model.get_submodule(name)
             except AttributeError:  # inside a module this stage already replaced
                 continue
             for cls, kind, make in stage:
                 if cls.supports(module):
                     replacement = make(module)
                     replacement.train(module.training)
-                    _swap(unet, name, replacement)
+                    _swap(model, name, replacement)
                     counts[kind] += 1
                     break
             del module
     return counts
 
 
+_WRAPPERS = {"transformer": FusedTransformer2D, "resnet": FusedResnetBlock2D, "upsampler": FusedUpsample2D}
+
+
+def describe(model: nn.Module) -> str:
+    """The fused blocks a model holds, for the status line: "16 transformers, 22 resnets, 3 upsamplers"."""
+    counts = {kind: sum(isinstance(m, cls) for m in model.modules()) for kind, cls in _WRAPPERS.items()}
+    parts = [f"{n} {kind}{'s' if n != 1 else ''}" for kind, n in counts.items() if n]
+    return ", ".join(parts) or "layers packed"
+
+
 def install(
-    unet: nn.Module, kernel: cpu_attention.NativeAttention | None = None, ops: cpu_ops.NativeOps | None = None
+    model: nn.Module, kernel: cpu_attention.NativeAttention | None = None, ops: cpu_ops.NativeOps | None = None
 ) -> FusionStatus:
-    """Fuse a bf16/fp32 CPU UNet when this PyTorch can; returns what was done (or why not) for the status line.
+    """Fuse a bf16/fp32 CPU UNet or VAE when this PyTorch can; returns what it holds fused (or why not).
 
     `kernel` runs the attention and `ops` the norms where they take the inputs (bf16); PyTorch runs the rest."""
     if env_choice(MODE_ENV, MODES) == "off":
         return FusionStatus(False, f"eager ({MODE_ENV}=off)")
-    dtype = next(unet.parameters()).dtype
+    dtype = next(model.parameters()).dtype
     reason = unavailable_reason(dtype)
     if reason is not None:
         return FusionStatus(False, f"eager ({reason})")
     with torch.no_grad():
-        counts = fuse_unet(unet, kernel, ops)
-    logger.info("fused CPU UNet: %s", counts)
-    return FusionStatus(True, f"fused oneDNN ({counts['transformers']} transformers, {counts['resnets']} resnets)")
+        counts = fuse_model(model, kernel, ops)
+    logger.info("fused CPU %s: %s", type(model).__name__, counts)
+    return FusionStatus(True, f"fused oneDNN ({describe(model)})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import threading
@@ -97,6 +98,7 @@ class ICLightModels:
     base_model: str
     attention: str = "SDPA"  # the UNet's attention: "AMX kernel (...)", "AVX512-BF16 kernel (...)" or "SDPA (why)"
     unet_ops: str = "eager"  # how the UNet's layers run ("fused oneDNN (...)" or "eager (why)")
+    vae_ops: str = "eager"  # how the VAE's layers run, likewise
 
     @property
     def device(self) -> torch.device:
@@ -105,7 +107,7 @@ class ICLightModels:
     def describe(self) -> str:
         return (
             f"base model {self.base_model} · IC-Light {self.variant.value} · {self.placement.describe()}"
-            f" · attention {self.attention} · UNet {self.unet_ops}"
+            f" · attention {self.attention} · UNet {self.unet_ops} · VAE {self.vae_ops}"
         )
 
     @contextlib.contextmanager
@@ -207,7 +209,9 @@ class ModelManager:
         text = f"base model {self.settings.base_model} · IC-Light {variant.value} ({state})"
         text += f" · {self.placement.describe()}"
         loaded = self._cache.get(self.cache_key(variant))
-        return f"{text} · attention {loaded.attention} · UNet {loaded.unet_ops}" if loaded else text
+        if loaded:
+            text += f" · attention {loaded.attention} · UNet {loaded.unet_ops} · VAE {loaded.vae_ops}"
+        return text
 
     # -- loading -------------------------------------------------------------------------------------------------
 
@@ -249,7 +253,7 @@ class ModelManager:
         if placement.channels_last:
             unet.to(memory_format=torch.channels_last)
             vae.to(memory_format=torch.channels_last)
-        unet_ops, fused = "eager", False
+        unet_ops, vae_ops, fused = "eager", "eager", False
         if placement.cpu_fusion:  # after channels_last: the packed weights are opaque to .to()
             kernel = cpu_attention.load_kernel()[0] if placement.cpu_attention else None
             ops, ops_reason = cpu_ops.load_ops() if placement.unet_dtype == torch.bfloat16 else (None, "")
@@ -257,6 +261,10 @@ class ModelManager:
             unet_ops, fused = status.reason, status.applied
             if fused and ops_reason:
                 unet_ops += f", norms {ops_reason}"
+            if fused:  # its resnets, upsamplers and convolutions the same way (the VAE is shared by the variants)
+                if base is self._injected_base:
+                    vae = copy.deepcopy(vae)  # a caller's module is never modified
+                vae_ops = cpu_fusion.install(vae, None, ops).reason
         if placement.vae_tiling and hasattr(vae, "enable_tiling"):
             vae.enable_tiling()
         release_cpu_memory()
@@ -270,4 +278,5 @@ class ModelManager:
             base_model=self.settings.base_model,
             attention=attention,
             unet_ops=unet_ops,
+            vae_ops=vae_ops,
         )

@@ -15,10 +15,12 @@ from core.cpu_fusion import (
     FusedGEGLU,
     FusedResnetBlock2D,
     FusedTransformer2D,
+    FusedUpsample2D,
     FusionStatus,
     PackedConv2d,
     PackedLinear,
-    fuse_unet,
+    fuse_model,
+    upsample_phase_weight,
 )
 
 pytestmark = pytest.mark.skipif(
@@ -54,7 +56,7 @@ def pair(unet, dtype):
     """(eager, fused) copies of `unet` in `dtype`, channels_last as on the CPU path."""
     eager = copy.deepcopy(unet).to(dtype).to(memory_format=torch.channels_last)
     fused = copy.deepcopy(eager)
-    fuse_unet(fused)
+    fuse_model(fused)
     return eager, fused
 
 
@@ -103,17 +105,21 @@ def test_every_layer_is_packed_and_no_weight_is_held_twice():
     from diffusers.models.activations import GEGLU
     from diffusers.models.resnet import ResnetBlock2D
     from diffusers.models.transformers.transformer_2d import Transformer2DModel
+    from diffusers.models.upsampling import Upsample2D
 
     unet = small_unet()
     before = sum(p.numel() for p in unet.parameters())
     kinds = lambda cls: sum(type(m) is cls for m in unet.modules())  # noqa: E731
     # Each GEGLU's projection becomes one FusedGEGLU (two packed halves), not a PackedLinear.
-    expected = {"transformers": kinds(Transformer2DModel), "resnets": kinds(ResnetBlock2D), "geglu": kinds(GEGLU),
-                "conv": kinds(nn.Conv2d), "linear": kinds(nn.Linear) - kinds(GEGLU)}  # fmt: skip
-    assert expected["transformers"] == 6 and expected["resnets"] == 12  # 2 + 3 + mid; 4 + 6 + 2 in mid
-    assert fuse_unet(unet) == expected
+    expected = {"transformers": kinds(Transformer2DModel), "resnets": kinds(ResnetBlock2D),
+                "upsamplers": kinds(Upsample2D), "geglu": kinds(GEGLU), "conv": kinds(nn.Conv2d),
+                "linear": kinds(nn.Linear) - kinds(GEGLU)}  # fmt: skip
+    # 2 + 3 + mid; 4 + 6 + 2 in mid; the first up block's
+    assert expected["transformers"] == 6 and expected["resnets"] == 12 and expected["upsamplers"] == 1
+    assert fuse_model(unet) == expected
     assert not [m for m in unet.modules() if type(m) in (nn.Linear, nn.Conv2d)]
     assert kinds(FusedTransformer2D) == expected["transformers"] and kinds(FusedResnetBlock2D) == expected["resnets"]
+    assert kinds(FusedUpsample2D) == 1
     # What remains as parameters are the norms; the matmul weights live only in their packed copies.
     remaining = sum(p.numel() for p in unet.parameters())
     norm_modules = [m for m in unet.modules() if isinstance(m, (nn.GroupNorm, nn.LayerNorm))]
@@ -282,7 +288,7 @@ def test_install_respects_the_switch_and_reports_missing_onednn(monkeypatch):
 
 def test_install_reports_what_it_fused():
     status = cpu_fusion.install(small_unet())
-    assert status == FusionStatus(True, "fused oneDNN (6 transformers, 12 resnets)")
+    assert status == FusionStatus(True, "fused oneDNN (6 transformers, 12 resnets, 1 upsampler)")
 
 
 def test_manager_fuses_bf16_cpu_and_relights(tiny_paths, fg_image, bg_image):
@@ -299,6 +305,7 @@ def test_manager_fuses_bf16_cpu_and_relights(tiny_paths, fg_image, bg_image):
     assert manager.placement.cpu_fusion
     models = manager.get("fc")
     assert models.unet_ops.startswith("fused oneDNN") and "UNet fused oneDNN" in manager.describe("fc")
+    assert models.vae_ops == "fused oneDNN (16 resnets, 3 upsamplers)" and "VAE fused oneDNN" in manager.describe("fc")
     assert models.unet.share_batch  # CFG's duplicated latents reach the fused UNet held once
     params = RelightParams.for_mode("fc", prompt="sunlight", width=64, height=64, steps=2, seed=3)
     out = relight(models, fg_image, params)
@@ -307,6 +314,7 @@ def test_manager_fuses_bf16_cpu_and_relights(tiny_paths, fg_image, bg_image):
     # fbc: 12 input channels through the packed conv_in; then unloading frees the fused modules for a clean reload.
     fbc = manager.get("fbc")
     assert fbc.unet_ops.startswith("fused oneDNN") and fbc.unet.unet.conv_in.in_channels == 12
+    assert fbc.vae is models.vae and fbc.vae_ops == models.vae_ops  # one VAE, fused once, reported the same
     params = RelightParams.for_mode("fbc", prompt="studio", width=64, height=64, steps=2, seed=3)
     assert relight(fbc, fg_image, params, background=bg_image).images[0].shape == (128, 128, 3)
     manager.unload()
@@ -316,7 +324,9 @@ def test_manager_fuses_bf16_cpu_and_relights(tiny_paths, fg_image, bg_image):
 def test_fp32_keeps_eager_modules(fc_models):
     """The seed-exact fp32 path is never rewritten."""
     assert not fc_models.placement.cpu_fusion and fc_models.unet_ops == "eager" and not fc_models.unet.share_batch
+    assert fc_models.vae_ops == "eager"
     assert not any(isinstance(m, (PackedConv2d, PackedLinear)) for m in fc_models.unet.modules())
+    assert not any(isinstance(m, (PackedConv2d, PackedLinear)) for m in fc_models.vae.modules())
 
 
 def test_fused_transformers_run_the_native_kernel(monkeypatch):
@@ -327,7 +337,7 @@ def test_fused_transformers_run_the_native_kernel(monkeypatch):
     unet = small_unet(block_out_channels=(80, 160), attention_head_dim=2, sample_size=64, cross_attention_dim=24)
     eager = unet.to(torch.bfloat16).to(memory_format=torch.channels_last)
     fused = copy.deepcopy(eager)
-    fuse_unet(fused, kernel)
+    fuse_model(fused, kernel)
     calls = []
     original = type(kernel).__call__
     record = lambda self, *a: calls.append(a[0].shape) or original(self, *a)  # noqa: E731
@@ -343,7 +353,7 @@ def test_fusing_twice_changes_nothing():
     eager, fused = pair(small_unet(), torch.float32)
     x, context = inputs(torch.float32)
     before = run(fused, x, torch.tensor(9), context)
-    assert fuse_unet(fused) == {"transformers": 0, "resnets": 0, "geglu": 0, "conv": 0, "linear": 0}
+    assert fuse_model(fused) == {"transformers": 0, "resnets": 0, "upsamplers": 0, "geglu": 0, "conv": 0, "linear": 0}
     resnets = [m for m in fused.modules() if isinstance(m, FusedResnetBlock2D)]
     assert resnets and not any(isinstance(m.block, FusedResnetBlock2D) for m in resnets)
     assert torch.equal(run(fused, x, torch.tensor(9), context), before)
@@ -437,3 +447,132 @@ def test_concat_unet_shares_only_identical_batches():
         assert torch.equal(out, torch.cat([latents, latents]))
         unet(torch.cat([latents, latents + 1]), 10, context, concat)
     assert seen == [False, False, True, False]
+
+
+@pytest.mark.parametrize("size", [(6, 7), (1, 1), (5, 2)])
+def test_upsample_phase_kernels_are_upsample_then_conv(size):
+    """The four 2x2 phase kernels on the low-res input give exactly the 3x3 conv of the 2x nearest upsample."""
+    gen = torch.Generator().manual_seed(sum(size))
+    weight = torch.randn(5, 3, 3, 3, generator=gen, dtype=torch.float64)
+    x = torch.randn(2, 3, *size, generator=gen, dtype=torch.float64)
+    expected = F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), weight, padding=1)
+    phases = F.conv2d(x, upsample_phase_weight(weight), padding=1)  # [2, 4 * 5, H + 1, W + 1]
+    got = torch.empty_like(expected)
+    height, width = size
+    for a in range(2):
+        for b in range(2):
+            k = 2 * a + b
+            got[:, :, a::2, b::2] = phases[:, 5 * k : 5 * (k + 1), a : a + height, b : b + width]
+    assert torch.allclose(got, expected, atol=1e-5)  # the taps are summed in fp32
+
+
+def upsampler(channels=16, seed=0):
+    from diffusers.models.upsampling import Upsample2D
+
+    torch.manual_seed(seed)
+    up = Upsample2D(channels, use_conv=True, out_channels=channels + 8).eval()
+    with torch.no_grad():
+        up.conv.bias.normal_()
+    return up
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_upsampler_matches_diffusers(dtype):
+    """2x outputs take the phase GEMM (no upsampled map is written); batches, sizes and layouts agree with eager."""
+    eager = upsampler().to(dtype)
+    fused = FusedUpsample2D(copy.deepcopy(eager))
+    exact = upsampler()
+    for batch, size in ((1, (1, 1)), (2, (5, 7)), (3, (8, 4))):
+        x = torch.randn(batch, 16, *size).to(dtype)
+        for layout in (torch.contiguous_format, torch.channels_last):
+            with torch.inference_mode():
+                got, expected = fused(x.contiguous(memory_format=layout)).float(), eager(x).float()
+                reference = exact(x.float())
+            assert got.shape == (batch, 24, 2 * size[0], 2 * size[1])
+            if dtype == torch.float32:
+                assert torch.allclose(got, expected, atol=1e-5)
+            else:  # rounded at other points: as close to fp32 as eager bf16
+                err_got = ((got - reference).norm() / reference.norm()).item()
+                err_eager = ((expected - reference).norm() / reference.norm()).item()
+                assert err_got < max(1.5 * err_eager, 2e-3), (err_got, err_eager)
+
+
+def test_fused_upsampler_skips_the_upsampled_map_and_falls_back_for_other_sizes(monkeypatch):
+    """The 2x path never calls interpolate; an explicit odd output size (odd latents) runs diffusers' forward."""
+    eager = upsampler()
+    fused = FusedUpsample2D(copy.deepcopy(eager))
+    calls = []
+    real = F.interpolate
+    monkeypatch.setattr(F, "interpolate", lambda *a, **k: calls.append(k) or real(*a, **k))
+    x = torch.randn(2, 16, 5, 6)
+    with torch.inference_mode():
+        fused(x)
+        fused(x, output_size=(10, 12))  # the same doubling, spelled out
+        assert not calls
+        got, expected = fused(x, output_size=(9, 11)), eager(x, output_size=(9, 11))
+    assert calls and got.shape == (2, 24, 9, 11) and torch.allclose(got, expected, atol=1e-5)
+
+
+def test_fused_upsampler_computes_a_shared_batch_once():
+    fused = FusedUpsample2D(upsampler())
+    one = torch.randn(1, 16, 4, 5)
+    with torch.inference_mode():
+        shared = fused(one.expand(3, -1, -1, -1))
+        assert cpu_fusion.shared_batch(shared) and torch.equal(shared[2], fused(one)[0])
+
+
+def test_unet_at_odd_latent_sizes_matches_eager():
+    """Latents not divisible by the UNet's downsampling pass explicit output sizes to the upsampler: still exact."""
+    eager, fused = pair(small_unet(), torch.float32)
+    x, context = inputs(torch.float32, size=(13, 9))
+    assert torch.allclose(run(fused, x, torch.tensor(3), context), run(eager, x, torch.tensor(3), context), atol=2e-5)
+
+
+def small_vae():
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    blocks = dict(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    vae = AutoencoderKL(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8, **blocks).eval()
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return vae
+
+
+def test_fused_vae_matches_eager():
+    """The VAE's resnets (the decoder's say "group", with no time embedding), upsampler, downsampler, attention
+    projections and 1x1 quant convs all take the packed path; encode and decode agree with eager."""
+    from diffusers.models.resnet import ResnetBlock2D
+
+    eager = small_vae()
+    fused = copy.deepcopy(eager).to(memory_format=torch.channels_last)
+    resnets = sum(type(m) is ResnetBlock2D for m in eager.modules())
+    counts = fuse_model(fused)
+    assert counts["resnets"] == resnets == 10 and counts["upsamplers"] == 1
+    assert not [m for m in fused.modules() if type(m) in (nn.Linear, nn.Conv2d)]
+    assert cpu_fusion.describe(fused) == "10 resnets, 1 upsampler"
+    image = torch.rand(2, 3, 24, 16) * 2 - 1
+    with torch.inference_mode():
+        latents = eager.encode(image).latent_dist.mode()
+        assert torch.allclose(fused.encode(image).latent_dist.mode(), latents, atol=2e-5)
+        assert torch.allclose(fused.decode(latents).sample, eager.decode(latents).sample, atol=2e-5)
+
+
+def test_manager_keeps_injected_vae_as_given(tiny_paths):
+    """A manager over a caller's modules fuses its own copy of the VAE for bf16 CPU, never the caller's."""
+    if cpu_fusion.unavailable_reason(torch.bfloat16):
+        pytest.skip(f"bf16 fusion unavailable here: {cpu_fusion.unavailable_reason(torch.bfloat16)}")
+    from diffusers import UNet2DConditionModel
+
+    from core.loading import load_base_components
+    from core.manager import ModelManager, ModelSettings
+
+    base = load_base_components(str(tiny_paths["base"]))
+    settings = ModelSettings(base_model="in-memory", models_dir=tiny_paths["models"], device="cpu", dtype="bf16",
+                             download=False)  # fmt: skip
+    unet = UNet2DConditionModel.from_pretrained(str(tiny_paths["base"]), subfolder="unet")
+    manager = ModelManager.from_components(base.tokenizer, base.text_encoder, base.vae, unet, settings=settings)
+    models = manager.get("fc")
+    assert models.vae is not base.vae and models.vae_ops.startswith("fused oneDNN")
+    assert any(type(m) is nn.Conv2d for m in base.vae.modules())

@@ -189,8 +189,8 @@ def test_fused_unet_runs_its_norms_on_the_ops(ops, monkeypatch):
     exact = run(copy.deepcopy(unet), inputs(torch.float32)[0], torch.tensor(300), inputs(torch.float32)[1])
     plain = copy.deepcopy(unet).to(torch.bfloat16).to(memory_format=torch.channels_last)
     with_ops = copy.deepcopy(plain)
-    cpu_fusion.fuse_unet(plain)
-    cpu_fusion.fuse_unet(with_ops, ops=ops)
+    cpu_fusion.fuse_model(plain)
+    cpu_fusion.fuse_model(with_ops, ops=ops)
     calls = []
     for name in ("group_norm", "layer_norm"):
         original = getattr(NativeOps, name)
