@@ -576,3 +576,16 @@ def test_manager_keeps_injected_vae_as_given(tiny_paths):
     models = manager.get("fc")
     assert models.vae is not base.vae and models.vae_ops.startswith("fused oneDNN")
     assert any(type(m) is nn.Conv2d for m in base.vae.modules())
+
+
+@pytest.mark.parametrize("rows", [1, 3, 6, 100])
+def test_fused_upsampler_row_chunks_agree(monkeypatch, rows):
+    """Chunked GEMMs (one patch row at a time up to all of them at once) write every output row once, the same."""
+    fused = FusedUpsample2D(upsampler())
+    x = torch.randn(2, 16, 5, 7)
+    with torch.inference_mode():
+        whole = fused(x)
+        monkeypatch.setattr(cpu_fusion, "UPSAMPLE_CHUNK_BYTES", rows * 2 * (7 + 1) * 4 * 16 * 4)  # `rows` patch rows
+        chunked = fused(x)
+    assert torch.allclose(chunked, whole, atol=1e-6)
+    assert torch.allclose(whole, upsampler()(x), atol=1e-5)
