@@ -458,8 +458,8 @@ class FusedUpsample2D(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, output_size=None, *args, **kwargs) -> torch.Tensor:
         up, x = self.block, hidden_states
-        doubled = output_size is None or tuple(output_size) == (2 * x.shape[2], 2 * x.shape[3])
-        if up.training or args or kwargs or not doubled or x.dim() != 4 or x.dtype != self.packed.dtype:
+        doubled = x.dim() == 4 and (output_size is None or tuple(output_size) == (2 * x.shape[2], 2 * x.shape[3]))
+        if up.training or args or kwargs or not doubled or x.dtype != self.packed.dtype:
             return up(hidden_states, output_size, *args, **kwargs)
         if shared_batch(x):
             return broadcast(self(x[:1]), x.shape[0])
@@ -529,6 +529,9 @@ def _swap(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
 
 
+_WRAPPERS = {"transformer": FusedTransformer2D, "resnet": FusedResnetBlock2D, "upsampler": FusedUpsample2D}
+
+
 def fuse_model(
     model: nn.Module, kernel: cpu_attention.NativeAttention | None = None, ops: cpu_ops.NativeOps | None = None
 ) -> dict[str, int]:
@@ -546,12 +549,10 @@ def fuse_model(
                (PackedLinear, "linear", PackedLinear.from_linear))  # fmt: skip
     for stage in (wrappers, packers):
         names = [name for name, _ in model.named_modules()]  # names only: no references that keep weights alive
-        fused = tuple(_WRAPPERS.values())
-        wrapped = (
-            [name + "." for name, m in model.named_modules() if isinstance(m, fused)] if stage is wrappers else []
-        )
+        fused = tuple(_WRAPPERS.values()) if stage is wrappers else ()  # fused before: never wrap twice
+        wrapped = [name + "." for name, m in model.named_modules() if isinstance(m, fused)]
         for name in names:
-            if any(name.startswith(w) for w in wrapped):  # fused before: never wrap twice
+            if any(name.startswith(w) for w in wrapped):
                 continue
             try:
                 module = model.get_submodule(name)
@@ -566,9 +567,6 @@ def fuse_model(
                     break
             del module
     return counts
-
-
-_WRAPPERS = {"transformer": FusedTransformer2D, "resnet": FusedResnetBlock2D, "upsampler": FusedUpsample2D}
 
 
 def describe(model: nn.Module) -> str:

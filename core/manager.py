@@ -141,6 +141,7 @@ class ModelManager:
         self._base: BaseComponents | None = None
         self._cache: dict[tuple, ICLightModels] = {}
         self._placement = placement  # None: decided from the settings on first use
+        self._vae_copy: torch.nn.Module | None = None  # the injected VAE's copy that the CPU path fuses
         self._lock = threading.RLock()
 
     @classmethod
@@ -193,7 +194,7 @@ class ModelManager:
             for key in [k for k in self._cache if variant is None or k[0] == Variant(variant)]:
                 del self._cache[key]
             if variant is None or not self._cache:
-                self._base = None  # also drops the base weights' file handles
+                self._base = self._vae_copy = None  # also drops the base weights' file handles
         release_cpu_memory()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -262,8 +263,10 @@ class ModelManager:
             if fused and ops_reason:
                 unet_ops += f", norms {ops_reason}"
             if fused:  # its resnets, upsamplers and convolutions the same way (the VAE is shared by the variants)
-                if base is self._injected_base:
-                    vae = copy.deepcopy(vae)  # a caller's module is never modified
+                if base is self._injected_base:  # a caller's module is never modified: one copy, for every variant
+                    if self._vae_copy is None:
+                        self._vae_copy = copy.deepcopy(vae)
+                    vae = self._vae_copy
                 vae_ops = cpu_fusion.install(vae, None, ops).reason
         if placement.vae_tiling and hasattr(vae, "enable_tiling"):
             vae.enable_tiling()

@@ -576,6 +576,7 @@ def test_manager_keeps_injected_vae_as_given(tiny_paths):
     models = manager.get("fc")
     assert models.vae is not base.vae and models.vae_ops.startswith("fused oneDNN")
     assert any(type(m) is nn.Conv2d for m in base.vae.modules())
+    assert manager.get("fbc").vae is models.vae  # one copy, shared by the variants as the loaded VAE is
 
 
 @pytest.mark.parametrize("rows", [1, 3, 6, 100])
