@@ -20,16 +20,25 @@ def numpy2pytorch(images: list[np.ndarray]) -> torch.Tensor:
 
 def pytorch2numpy(images: torch.Tensor, quant: bool = True) -> list[np.ndarray]:
     """(B, 3, H, W) decoder output in [-1, 1] to uint8 HxWx3 images (two roundings, as fc and fbc do)."""
+    if not quant:  # official fbc demo: [0, 1] floats, then * 255
+        return [float_to_uint8(y) for y in decoded_floats(images)]
     results = []
-    for x in images:
+    for x in images:  # official fc demo
         y = x.movedim(0, -1)
-        if quant:  # official fc demo
-            y = (y * 127.5 + 127.5).detach().float().cpu().numpy().clip(0, 255).astype(np.uint8)
-        else:  # official fbc demo: [0, 1] floats, then * 255
-            y = (y * 0.5 + 0.5).detach().float().cpu().numpy().clip(0, 1).astype(np.float32)
-            y = (y * 255.0).clip(0, 255).astype(np.uint8)
-        results.append(y)
+        results.append((y * 127.5 + 127.5).detach().float().cpu().numpy().clip(0, 255).astype(np.uint8))
     return results
+
+
+def decoded_floats(images: torch.Tensor) -> list[np.ndarray]:
+    """(B, 3, H, W) decoder output in [-1, 1] to float32 HxWx3 images in [0, 1], as the official fbc `process()`."""
+    return [
+        (x.movedim(0, -1) * 0.5 + 0.5).detach().float().cpu().numpy().clip(0, 1).astype(np.float32) for x in images
+    ]
+
+
+def float_to_uint8(image: np.ndarray) -> np.ndarray:
+    """A float image in [0, 1] to uint8 as the official fbc demo shows it (* 255, clipped, truncated)."""
+    return (image * 255.0).clip(0, 255).astype(np.uint8)
 
 
 def resize_and_center_crop(image: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -144,7 +144,6 @@ def _fit_matte(matte: np.ndarray, width: int, height: int) -> np.ndarray:
     low, high = float(np.min(matte)), float(np.max(matte))
     if not (math.isfinite(low) and math.isfinite(high)) or low < -RANGE_TOLERANCE or high > 1.0 + RANGE_TOLERANCE:
         raise InvalidParameterError(f"matte should be a float alpha in [0, 1] but spans [{low:g}, {high:g}]")
-    if matte.shape != (height, width):
-        matte = resize_and_center_crop(matte.astype(np.float32), width, height)
-    # Lanczos rings a little past the ends; an alpha outside [0, 1] would extrapolate the blend.
-    return np.clip(matte, 0.0, 1.0)[..., None]
+    # As the official demo: alpha to 8 bits (truncated), Lanczos cover-and-crop in PIL's 8-bit mode, back to [0, 1].
+    quantised = (matte * 255.0).clip(0, 255).astype(np.uint8)
+    return (resize_and_center_crop(quantised, width, height).astype(np.float32) / 255.0)[..., None]

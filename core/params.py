@@ -176,9 +176,10 @@ class RelightParams:
         _check_range("highres_scale", self.highres_scale, 1.0, 3.0)
         for name in ("lowres_denoise", "highres_denoise"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
                 raise InvalidParameterError(f"{name} should be in (0.0, 1.0] but is {value!r}")
-        if not isinstance(self.detail_radius, (int, float)) or not 0.5 <= self.detail_radius <= 64:
+        radius = self.detail_radius
+        if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not 0.5 <= radius <= 64:
             raise InvalidParameterError(f"detail_radius should be in [0.5, 64] px but is {self.detail_radius!r}")
         _check_range("preserve_color", self.preserve_color, 0.0, 1.0)
         for name in ("prompt", "added_prompt", "negative_prompt"):

@@ -14,6 +14,8 @@ from core.errors import IncompatibleModelError, InvalidParameterError
 from core.imageops import (
     AMBIENT_GREY,
     constant_image,
+    decoded_floats,
+    float_to_uint8,
     numpy2pytorch,
     pytorch2numpy,
     resize_and_center_crop,
@@ -48,6 +50,9 @@ class RelightResult:
     background: np.ndarray | None  # fbc background / fc initial-latent image at the low-res size
     params: RelightParams
     seconds: float
+    # fbc with keep_floats: the official `process()` output itself, float32 HxWx3 in [0, 1] before the * 255 that
+    # gives `images` (its Compute Normal works on these); else None
+    floats: list[np.ndarray] | None = None
 
 
 def check_inputs(
@@ -146,8 +151,12 @@ def relight(
     light_map: np.ndarray | None = None,
     callback: StepCallback | None = None,
     cancel: threading.Event | None = None,
+    keep_floats: bool = False,
 ) -> RelightResult:
-    """Relight `foreground` (already matted onto grey) as the official `process()` does."""
+    """Relight `foreground` (already matted onto grey) as the official `process()` does.
+
+    `keep_floats` (fbc only) also returns the unrounded [0, 1] images the official fbc `process()` returns.
+    """
     started = time.perf_counter()
     # 1. Check inputs
     check_inputs(models, foreground, params, background)
@@ -209,11 +218,17 @@ def relight(
                               generator, progress, HIGHRES)  # fmt: skip
 
     # 8. Decode
-    images = pytorch2numpy(decode(models, latents), quant=params.mode is Mode.FC)
+    floats = None
+    if params.mode is Mode.FC:
+        images = pytorch2numpy(decode(models, latents))
+    else:
+        floats = decoded_floats(decode(models, latents))
+        images = [float_to_uint8(f) for f in floats]
     return RelightResult(
         images=images,
         foreground=cond_images[0],
         background=cond_images[1] if len(cond_images) > 1 else init_image,
         params=params,
         seconds=time.perf_counter() - started,
+        floats=floats if keep_floats else None,
     )

@@ -220,6 +220,7 @@ class Relighter:
                                          overall_total=per_run * len(NORMAL_LIGHTS)))  # fmt: skip
 
                 bg_rgb = None if bg is None else bg.rgb
-                result = relight(models, matting.foreground, run_params, bg_rgb, callback=shifted, cancel=cancel)
-                relights.append(result.images[0].astype(np.float32) / 255.0)
+                result = relight(models, matting.foreground, run_params, bg_rgb, callback=shifted, cancel=cancel,
+                                 keep_floats=True)  # fmt: skip
+                relights.append(result.floats[0])  # unrounded, as the official process_normal uses them
         return compute_normals(*relights, matte=matting.matte).images(), matting

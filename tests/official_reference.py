@@ -144,9 +144,14 @@ class OfficialDemo:
         return self._highres(latents, [input_fg], w, h, num_samples, rng, steps, conds, unconds, cfg,
                              highres_scale, highres_denoise, quant=True)  # fmt: skip
 
+    def process_fbc(self, *args):
+        """gradio_demo_bg.py's process_relight after the matting: process(), then * 255 to uint8."""
+        return [(x * 255.0).clip(0, 255).astype(np.uint8) for x in self.process_fbc_floats(*args)]
+
     @torch.inference_mode()
-    def process_fbc(self, input_fg, input_bg, prompt, w, h, num_samples, seed, steps, a_prompt, n_prompt, cfg,
-                    highres_scale, highres_denoise, bg_source):  # fmt: skip
+    def process_fbc_floats(self, input_fg, input_bg, prompt, w, h, num_samples, seed, steps, a_prompt, n_prompt,
+                           cfg, highres_scale, highres_denoise, bg_source):  # fmt: skip
+        """gradio_demo_bg.py's process(): float32 images in [0, 1]."""
         if bg_source == "Use Flipped Background Image":
             input_bg = np.fliplr(input_bg)
         elif bg_source == "Ambient":
@@ -166,9 +171,17 @@ class OfficialDemo:
                            num_inference_steps=steps, num_images_per_prompt=num_samples, generator=rng,
                            output_type="latent", guidance_scale=cfg,
                            cross_attention_kwargs={"concat_conds": concat_conds}).images  # fmt: skip
-        pixels = self._highres(latents, [input_fg, input_bg], w, h, num_samples, rng, steps, conds, unconds, cfg,
-                               highres_scale, highres_denoise, quant=False)  # fmt: skip
-        return [(x * 255.0).clip(0, 255).astype(np.uint8) for x in pixels]
+        return self._highres(latents, [input_fg, input_bg], w, h, num_samples, rng, steps, conds, unconds, cfg,
+                             highres_scale, highres_denoise, quant=False)  # fmt: skip
+
+    def process_normal(self, input_fg, matting, input_bg, prompt, w, h, seed, steps, a_prompt, n_prompt, cfg,
+                       highres_scale, highres_denoise):  # fmt: skip
+        """gradio_demo_bg.py's process_normal after run_rmbg (input_fg matted onto grey, matting HxWx1)."""
+        args = (input_fg, input_bg, prompt, w, h, 1, seed, steps, a_prompt, n_prompt, cfg, highres_scale,
+                highres_denoise)  # fmt: skip
+        sources = ("Left Light", "Right Light", "Bottom Light", "Top Light")
+        left, right, bottom, top = (self.process_fbc_floats(*args, source)[0] for source in sources)
+        return normal_gallery(left, right, bottom, top, matting)
 
     def _fbc_conds(self, input_fg, input_bg, w, h):
         fg = self.resize_and_center_crop(input_fg, w, h)
@@ -196,3 +209,27 @@ class OfficialDemo:
                            cross_attention_kwargs={"concat_conds": concat_conds}).images  # fmt: skip
         latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
         return self.pytorch2numpy(self.vae.decode(latents).sample, quant=quant)
+
+
+def normal_gallery(left, right, bottom, top, matting, sigma=6.0):
+    """The rest of the official process_normal, expression for expression (the official hard-codes sigma = 6)."""
+    inner_results = [left * 2.0 - 1.0, right * 2.0 - 1.0, bottom * 2.0 - 1.0, top * 2.0 - 1.0]
+    ambient = (left + right + bottom + top) / 4.0
+    h, w, _ = ambient.shape
+    matting = (OfficialDemo.resize_and_center_crop((matting[..., 0] * 255.0).clip(0, 255).astype(np.uint8), w, h)
+               .astype(np.float32)[..., None] / 255.0)  # fmt: skip
+
+    def safa_divide(a, b):
+        e = 1e-5
+        return ((a + e) / (b + e)) - 1.0
+
+    left, right, bottom, top = (safa_divide(x, ambient) for x in (left, right, bottom, top))
+    u = np.mean((right - left) * 0.5, axis=2)
+    v = np.mean((top - bottom) * 0.5, axis=2)
+    h = (1.0 - u**2.0 - v**2.0).clip(0, 1e5) ** (0.5 * sigma)
+    z = np.zeros_like(h)
+    normal = np.stack([u, v, h], axis=2)
+    normal /= np.sum(normal**2.0, axis=2, keepdims=True) ** 0.5
+    normal = normal * matting + np.stack([z, z, 1 - z], axis=2) * (1 - matting)
+    results = [normal, left, right, bottom, top] + inner_results
+    return [(x * 127.5 + 127.5).clip(0, 255).astype(np.uint8) for x in results]

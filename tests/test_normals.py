@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from official_reference import normal_gallery
 
 from core.errors import InvalidParameterError
 from core.normals import (
@@ -123,35 +124,17 @@ def test_outside_matte_faces_camera(scene):
     assert tuple(normal_map_to_image(result.normal)[0, 0]) == (127, 127, 255)
 
 
-def _official_gallery(left, right, bottom, top, matting, sigma):
-    """The official demo's post-processing, transcribed expression for expression, as the reference."""
-    inner_results = [left * 2.0 - 1.0, right * 2.0 - 1.0, bottom * 2.0 - 1.0, top * 2.0 - 1.0]
-    ambient = (left + right + bottom + top) / 4.0
-
-    def safa_divide(a, b):
-        e = 1e-5
-        return ((a + e) / (b + e)) - 1.0
-
-    left, right, bottom, top = (safa_divide(x, ambient) for x in (left, right, bottom, top))
-    u = np.mean((right - left) * 0.5, axis=2)
-    v = np.mean((top - bottom) * 0.5, axis=2)
-    h = (1.0 - u**2.0 - v**2.0).clip(0, 1e5) ** (0.5 * sigma)
-    z = np.zeros_like(h)
-    normal = np.stack([u, v, h], axis=2)
-    normal /= np.sum(normal**2.0, axis=2, keepdims=True) ** 0.5
-    normal = normal * matting + np.stack([z, z, 1 - z], axis=2) * (1 - matting)
-    results = [normal, left, right, bottom, top] + inner_results
-    return [(x * 127.5 + 127.5).clip(0, 255).astype(np.uint8) for x in results]
+GALLERY_CASES = [(DEFAULT_SIGMA, (24, 40)), (2.0, (24, 40)), (DEFAULT_SIGMA, (50, 60))]  # matte sizes: same, resized
 
 
-@pytest.mark.parametrize("sigma", [DEFAULT_SIGMA, 2.0])
-def test_gallery_matches_official_bytes(sigma):
+@pytest.mark.parametrize(("sigma", "matte_size"), GALLERY_CASES)
+def test_gallery_matches_official_bytes(sigma, matte_size):
     rng = np.random.default_rng(1)
     relights = [rng.uniform(0.0, 1.0, size=(24, 40, 3)).astype(np.float32) for _ in range(4)]
     relights[0][:4, :4] = 0.0  # black pixels exercise the epsilon in the division
-    matte = rng.uniform(0.0, 1.0, size=(24, 40, 1)).astype(np.float32)
+    matte = rng.uniform(0.0, 1.0, size=(*matte_size, 1)).astype(np.float32)
     images = compute_normals(*relights, matte, sigma=sigma).images()
-    expected = _official_gallery(*relights, matte, sigma)
+    expected = normal_gallery(*relights, matte, sigma)
     assert len(images) == len(expected) == 9
     for ours, theirs in zip(images, expected, strict=True):
         assert ours.dtype == np.uint8 and ours.shape == (24, 40, 3)

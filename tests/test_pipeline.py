@@ -52,6 +52,18 @@ def test_fbc_matches_official_process(fbc_models, fg_image, bg_image, source):
     assert _max_diff(ours, theirs) <= 1
 
 
+def test_fbc_keep_floats_returns_the_official_process_output(fbc_models, fg_image, bg_image):
+    params = RelightParams.for_mode("fbc", prompt="a cat", width=64, height=64, steps=3, seed=3)
+    result = relight(fbc_models, fg_image, params, background=bg_image, keep_floats=True)
+    theirs = OfficialDemo(fbc_models).process_fbc_floats(fg_image, bg_image, "a cat", 64, 64, 1, 3, 3,
+                                                         params.added_prompt, params.negative_prompt, params.cfg,
+                                                         1.5, 0.5, params.bg_source.label)  # fmt: skip
+    assert result.floats[0].dtype == np.float32 and result.floats[0].shape == (128, 128, 3)
+    assert np.abs(result.floats[0] - theirs[0]).max() <= 1 / 255
+    assert np.array_equal(result.images[0], (result.floats[0] * 255.0).clip(0, 255).astype(np.uint8))
+    assert relight(fbc_models, fg_image, params, background=bg_image).floats is None
+
+
 def test_same_seed_same_images_other_seed_differs(fc_models, fg_image):
     params = RelightParams.for_mode("fc", prompt="neon light", width=64, height=64, steps=3)
     a = relight(fc_models, fg_image, params).images[0]

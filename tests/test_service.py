@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from official_reference import OfficialDemo
 from PIL import Image
 
 from core.errors import InvalidParameterError
@@ -81,6 +82,19 @@ def test_normals_runs_four_relights_with_continuous_progress(relighter, fg_image
     assert [s.overall_step for s in seen] == list(range(1, len(seen) + 1))
     assert seen[-1].overall_step == seen[-1].overall_total
     assert matting.foreground.shape == fg_image.shape
+
+
+def test_normals_match_official_process_normal(relighter, rgba_png, bg_image):
+    """Same bytes as the official process_normal on the same matting: its four relights stay unrounded floats."""
+    params = RelightParams.for_mode("fbc", prompt="a cat", width=64, height=72, steps=3, seed=5, matting=Matting.RMBG)
+    images, matting = relighter.normals(rgba_png, params, background=bg_image)
+    theirs = OfficialDemo(relighter.manager.get("fbc")).process_normal(
+        matting.foreground, matting.matte[..., None], bg_image, "a cat", 64, 72, 5, 3, params.added_prompt,
+        params.negative_prompt, params.cfg, params.highres_scale, params.highres_denoise)  # fmt: skip
+    assert len(images) == len(theirs) == 9
+    for ours, ref in zip(images, theirs, strict=True):
+        assert ours.shape == ref.shape == (128, 128, 3)
+        assert np.abs(ours.astype(int) - ref.astype(int)).max() <= 1
 
 
 def test_preview_follows_the_light(relighter, rgba_png):
