@@ -18,12 +18,10 @@ def numpy2pytorch(images: list[np.ndarray]) -> torch.Tensor:
     return batch.movedim(-1, 1)
 
 
-def pytorch2numpy(images: torch.Tensor, quant: bool = True) -> list[np.ndarray]:
-    """(B, 3, H, W) decoder output in [-1, 1] to uint8 HxWx3 images (two roundings, as fc and fbc do)."""
-    if not quant:  # official fbc demo: [0, 1] floats, then * 255
-        return [float_to_uint8(y) for y in decoded_floats(images)]
+def pytorch2numpy(images: torch.Tensor) -> list[np.ndarray]:
+    """(B, 3, H, W) decoder output in [-1, 1] to uint8 HxWx3 images, rounded as the official fc demo does."""
     results = []
-    for x in images:  # official fc demo
+    for x in images:
         y = x.movedim(0, -1)
         results.append((y * 127.5 + 127.5).detach().float().cpu().numpy().clip(0, 255).astype(np.uint8))
     return results
@@ -37,7 +35,7 @@ def decoded_floats(images: torch.Tensor) -> list[np.ndarray]:
 
 
 def float_to_uint8(image: np.ndarray) -> np.ndarray:
-    """A float image in [0, 1] to uint8 as the official fbc demo shows it (* 255, clipped, truncated)."""
+    """A float image in [0, 1] to uint8 as the official fbc demo does (* 255, clipped, truncated)."""
     return (image * 255.0).clip(0, 255).astype(np.uint8)
 
 
