@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -153,7 +154,13 @@ def params_from_args(args: argparse.Namespace) -> RelightParams:
             raise InvalidParameterError("fbc needs --bg BACKGROUND.png, or --bg-source left/right/top/bottom/ambient")
     if args.prompt is None and args.from_png is None:
         raise InvalidParameterError("--prompt is required, e.g. --prompt 'beautiful woman, sunset over sea'")
-    return RelightParams.for_mode(mode, **{k: v for k, v in values.items() if k != "mode"})
+    params = RelightParams.for_mode(mode, **{k: v for k, v in values.items() if k != "mode"})
+    if mode is Mode.FBC and params.bg_source in (BGSource.UPLOAD, BGSource.FLIP) and args.bg is None:
+        raise InvalidParameterError(
+            f"--bg-source {params.bg_source.value} needs --bg BACKGROUND.png, or use --bg-source "
+            "left/right/top/bottom/ambient"
+        )
+    return params
 
 
 def _progress_bar(quiet: bool):
@@ -173,6 +180,18 @@ def _progress_bar(quiet: bool):
     return callback, lambda: bars and bars[0].close()
 
 
+def _check_out_dir(out: Path) -> None:
+    """Create --out (or check it) before any model loads, so a bad folder costs no generation."""
+    if out.exists() and not out.is_dir():
+        raise InvalidParameterError(f"--out {out} is a file, not a folder; give a folder for the results")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidParameterError(f"--out {out} cannot be created: {exc.strerror or exc}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise InvalidParameterError(f"--out {out} is not writable; give a folder you can write to")
+
+
 def run_relight(args: argparse.Namespace) -> int:
     """The `relight` command."""
     from core.manager import ModelManager
@@ -186,6 +205,7 @@ def run_relight(args: argparse.Namespace) -> int:
         path = getattr(args, flag)
         if path is not None and not path.is_file():
             raise InvalidParameterError(f"--{flag.replace('_', '-')} {path} does not exist or is not a file")
+    _check_out_dir(args.out)
     settings = settings_from_flags(args)
     params = params_from_args(args)
     fc_variant = Variant(args.variant) if args.variant in (Variant.FC.value, Variant.FCON.value) else Variant.FC
@@ -244,6 +264,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except ICLightError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:  # a full disk or a folder taken away mid-run: say which, without a traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         return EXIT_ERROR
 
 

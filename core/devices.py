@@ -85,6 +85,16 @@ def cpu_has_native_bf16() -> bool:
     return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
 
 
+def cuda_native_bf16(device: str = CUDA) -> bool:
+    """Whether this CUDA GPU computes bf16 natively (compute capability 8.0+: Ampere and newer).
+
+    `torch.cuda.is_bf16_supported()` also says yes where bf16 is only emulated (T4, V100, RTX 20xx), and there
+    cuDNN has no bf16 convolutions, so the VAE must fall back to fp32.
+    """
+    major, _ = torch.cuda.get_device_capability(torch.device(device))
+    return major >= 8
+
+
 def _auto_device() -> str:
     if torch.cuda.is_available():
         return CUDA
@@ -97,9 +107,11 @@ def resolve_placement(device: str | None = "auto", dtype: str | None = "auto", l
     """Choose device and per-role dtypes; explicit `device`/`dtype` override the automatic choice."""
     device = (device or "auto").strip().lower()
     dtype = (dtype or "auto").strip().lower()
-    base = device.split(":")[0]
+    base, _, index = device.partition(":")
     if base not in DEVICE_CHOICES:
         raise InvalidParameterError(f"device should be one of {', '.join(DEVICE_CHOICES)} but is {device!r}")
+    if ":" in device and (base != CUDA or not index.isdigit()):
+        raise InvalidParameterError(f"device {device!r} is malformed; only CUDA takes an index, as in 'cuda:1'")
     if dtype not in DTYPE_CHOICES:
         raise InvalidParameterError(f"dtype should be one of {', '.join(DTYPE_CHOICES)} but is {dtype!r}")
     if device == "auto":
@@ -107,12 +119,15 @@ def resolve_placement(device: str | None = "auto", dtype: str | None = "auto", l
         base = device
     if base == CUDA and not torch.cuda.is_available():
         raise InvalidParameterError("device 'cuda' was requested but no CUDA GPU is available; use --device cpu")
+    if base == CUDA and index and int(index) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise InvalidParameterError(f"device {device!r} does not exist: this machine has {count} CUDA GPU(s), 0-based")
     if base == MPS and not torch.backends.mps.is_available():
         raise InvalidParameterError("device 'mps' was requested but Apple MPS is not available; use --device cpu")
 
     if base == CUDA:
         # As the official demos: UNet and text encoder fp16, VAE bf16 (fp32 where bf16 is unsupported).
-        vae = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        vae = torch.bfloat16 if cuda_native_bf16(device) else torch.float32
         unet = text = torch.float16
     elif base == MPS:
         unet = text = torch.float16
@@ -125,7 +140,7 @@ def resolve_placement(device: str | None = "auto", dtype: str | None = "auto", l
         # The SD 1.5 VAE overflows in fp16; keep it in bf16/fp32 whatever was asked.
         vae = torch.float32 if dtype == "fp16" and base != CUDA else _DTYPES[dtype]
         if dtype == "fp16" and base == CUDA:
-            vae = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+            vae = torch.bfloat16 if cuda_native_bf16(device) else torch.float32
         if base == CPU and dtype == "fp16":
             logger.warning("fp16 on CPU is slow and may be unsupported for some ops; bf16 or fp32 is recommended")
     if low_vram and base == CPU:

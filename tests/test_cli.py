@@ -108,6 +108,8 @@ def test_preview_engine_needs_no_weights(tmp_path, fg_png, capsys):
         (["--steps", "0"], "steps should be in"),
         (["--light-color", "orange"], "color should be a hex colour"),
         (["--mode", "fbc"], "fbc needs --bg"),
+        (["--mode", "fbc", "--bg-source", "flip"], "--bg-source flip needs --bg BACKGROUND.png"),
+        (["--device", "cpu:x"], "device 'cpu:x' is malformed"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(tmp_path, fg_png, model_flags, capsys, extra, message):
@@ -125,6 +127,29 @@ def test_not_an_image_and_missing_weights(tmp_path, fg_png, capsys):
     code, _, err = run(["relight", "--fg", fg_png, "--prompt", "x", "--out", tmp_path / "o", "--no-remove-bg",
                         "--models-dir", tmp_path / "empty", "--offline", *FAST], capsys)  # fmt: skip
     assert code == 1 and "iclight_sd15_fc.safetensors" in err and str((tmp_path / "empty").resolve()) in err
+
+
+def test_bad_out_folder_fails_before_any_model_loads(tmp_path, fg_png, capsys):
+    taken = tmp_path / "taken.txt"
+    taken.write_text("not a folder")
+    # No weights anywhere: reaching the model load would fail differently (exit 1, naming the weights).
+    for out, message in [(taken, "is a file, not a folder"), (taken / "sub", "cannot be created")]:
+        code, _, err = run(["relight", "--fg", fg_png, "--prompt", "x", "--out", out, "--models-dir",
+                            tmp_path / "empty", "--offline"], capsys)  # fmt: skip
+        assert code == 2 and f"--out {out} " in err and message in err, err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert taken.read_text() == "not a folder"
+
+
+def test_os_errors_mid_run_are_one_line(tmp_path, fg_png, capsys, monkeypatch):
+    from core.service import Relighter
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / "o" / "iclight_fc_00001.png"))
+
+    monkeypatch.setattr(Relighter, "relight", full_disk)
+    code, _, err = run(["relight", "--fg", fg_png, "--prompt", "x", "--out", tmp_path / "o", "--quiet"], capsys)
+    assert code == 1 and err.strip() == f"error: No space left on device ({tmp_path / 'o' / 'iclight_fc_00001.png'})"
 
 
 def test_unknown_choice_exits_with_usage_error(capsys):

@@ -45,6 +45,39 @@ def test_cuda_without_gpu_is_a_clear_error(monkeypatch):
         resolve_placement("cuda", "auto")
 
 
+@pytest.mark.parametrize("device", ["auto:1", "cpu:x", "cpu:0", "cuda:", "cuda:one", "mps:1"])
+def test_malformed_device_strings_are_named(device):
+    with pytest.raises(InvalidParameterError, match=f"device '{device}' is malformed"):
+        resolve_placement(device, "auto")
+
+
+@pytest.fixture()
+def fake_cuda(monkeypatch):
+    """Two CUDA GPUs whose compute capabilities the test sets; bf16 'supported' everywhere, as torch says."""
+    capability = {0: (8, 0), 1: (8, 0)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: capability[(d.index or 0) if d else 0])
+    return capability
+
+
+def test_cuda_vae_is_bf16_only_where_the_gpu_computes_it(fake_cuda):
+    placement = resolve_placement("cuda", "auto")
+    assert (placement.unet_dtype, placement.text_dtype, placement.vae_dtype) == (torch.float16,) * 2 + (
+        torch.bfloat16,
+    )
+    fake_cuda[1] = (7, 5)  # a T4: bf16 only emulated, no bf16 convolutions in cuDNN
+    assert resolve_placement("cuda:1", "auto").vae_dtype == torch.float32
+    assert resolve_placement("cuda:1", "fp16").vae_dtype == torch.float32
+    assert resolve_placement("cuda:0", "fp16").vae_dtype == torch.bfloat16
+
+
+def test_cuda_index_past_the_gpus_is_a_clear_error(fake_cuda):
+    with pytest.raises(InvalidParameterError, match="'cuda:2' does not exist: this machine has 2 CUDA GPU"):
+        resolve_placement("cuda:2", "auto")
+
+
 def test_low_vram_is_ignored_on_cpu():
     placement = resolve_placement("cpu", "auto", low_vram=True)
     assert not placement.offload and not placement.vae_tiling
