@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from core.errors import (
     CorruptWeightsError,
@@ -77,6 +78,8 @@ def ensure_iclight_weights(variant: Variant, models_dir: Path, download: bool = 
     from huggingface_hub import hf_hub_download
 
     logger.info("downloading %s from %s into %s", variant.filename, ICLIGHT_HUB_REPO, models_dir)
+    if Path(models_dir).exists() and not Path(models_dir).is_dir():
+        raise InvalidParameterError(f"models folder {models_dir} is a file; point --models-dir at a folder")
     Path(models_dir).mkdir(parents=True, exist_ok=True)
     try:
         got = hf_hub_download(repo_id=ICLIGHT_HUB_REPO, filename=variant.filename, local_dir=str(models_dir))
@@ -89,10 +92,11 @@ def check_offset_variant(offset: Mapping, variant: Variant, path: Path) -> None:
     """Reject an fc file used as fbc and vice versa (8 vs 12 input channels)."""
     channels = offset_in_channels(offset, path)
     if channels != variant.in_channels:
-        actual = {v.in_channels: v.value for v in Variant}.get(channels, f"{channels}-channel")
+        names = {Variant.FC.in_channels: "an fc/fcon file", Variant.FBC.in_channels: "an fbc file"}
+        actual = names.get(channels, "not an IC-Light file")
         raise IncompatibleModelError(
-            f"{path.name} has a {channels}-channel conv_in (an {actual} model) but variant '{variant.value}' needs "
-            f"{variant.in_channels} channels; use {variant.filename} for {variant.value}"
+            f"{path} has a {channels}-channel conv_in ({actual}) but {variant.value} needs {variant.in_channels}; "
+            f"replace it with {variant.filename} from the Hub repo {ICLIGHT_HUB_REPO}"
         )
 
 
@@ -148,6 +152,20 @@ def _check_not_sdxl_folder(folder: Path) -> None:
         raise InvalidParameterError(
             f"{folder} is not a diffusers model folder (no model_index.json and no unet/ subfolder)"
         )
+    # transformers quietly builds a default text encoder config or an empty tokenizer for a missing subfolder, which
+    # would surface as a wrong "not SD 1.5" verdict or a crash mid-sampling: name what is missing instead.
+    missing = [
+        f"{part}/config.json"
+        for part in ("unet", "vae", "text_encoder")
+        if not (folder / part / "config.json").is_file()
+    ]
+    if not any((folder / "tokenizer" / name).is_file() for name in ("vocab.json", "tokenizer.json")):
+        missing.append("tokenizer/ (vocab.json and merges.txt)")
+    if missing:
+        raise WeightsNotFoundError(
+            f"base model folder {folder} is incomplete: missing {', '.join(missing)}. Copy the whole SD 1.5 diffusers "
+            "folder, or pass a Hub id or a single .safetensors checkpoint with --base-model."
+        )
 
 
 def check_sd15(unet_config: Any, text_width: int, source: str) -> None:
@@ -200,7 +218,7 @@ def load_base_components(
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=vae_dtype, **kwargs)
     except ICLightError:
         raise
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:
         raise _explain_base_failure(source, kind, exc) from exc
     return BaseComponents(tokenizer, text_encoder, vae, dict(unet_config), unet_weights, source)
 

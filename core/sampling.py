@@ -9,11 +9,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from diffusers.utils.torch_utils import randn_tensor
 
 from core.errors import CancelledError
 from core.imageops import latent_preview
 from core.params import Sampler
+
+
+def _randn(shape, generator, device, dtype) -> torch.Tensor:
+    """diffusers' randn_tensor (same draws as its pipelines), imported on use: its module probes CUDA at import."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+
 
 # Scheduler settings of the official demos. They set beta_start/beta_end but leave beta_schedule at diffusers'
 # default ("linear") for DPM++ 2M SDE Karras and Euler a; DDIM uses "scaled_linear". Kept as-is for seed-exactness.
@@ -168,9 +175,7 @@ def initial_noise(
     shape: tuple[int, ...], scheduler, generator: torch.Generator, device, dtype: torch.dtype
 ) -> torch.Tensor:
     """Text-to-image starting latents: scaled Gaussian noise."""
-    return (
-        randn_tensor(shape, generator=generator, device=torch.device(device), dtype=dtype) * scheduler.init_noise_sigma
-    )
+    return _randn(shape, generator=generator, device=torch.device(device), dtype=dtype) * scheduler.init_noise_sigma
 
 
 def noised_latents(
@@ -179,5 +184,5 @@ def noised_latents(
     """Image-to-image starting latents: `init` repeated to `batch`, noised to the first timestep."""
     if batch > init.shape[0] and batch % init.shape[0] == 0:
         init = torch.cat([init] * (batch // init.shape[0]), dim=0)
-    noise = randn_tensor(init.shape, generator=generator, device=init.device, dtype=init.dtype)
+    noise = _randn(init.shape, generator=generator, device=init.device, dtype=init.dtype)
     return scheduler.add_noise(init, noise, timesteps[:1].repeat(batch))

@@ -42,6 +42,8 @@ class SafetensorsFile(Mapping):
                 if length > size:
                     raise ValueError(f"header length {length} exceeds the file size")
                 header = json.loads(f.read(length))
+            if not isinstance(header, dict):
+                raise ValueError(f"the header is a JSON {type(header).__name__}, not an object")
             header.pop("__metadata__", None)
             self._entries = {
                 key: (e["dtype"], tuple(e["shape"]), tuple(e["data_offsets"])) for key, e in header.items()
@@ -56,7 +58,7 @@ class SafetensorsFile(Mapping):
     def _corrupt(self, why: str) -> CorruptWeightsError:
         return CorruptWeightsError(
             f"{self.path} ({self.path.stat().st_size} bytes) is not a readable safetensors file ({why}). "
-            f"It is probably truncated by an interrupted download: delete it and run again to re-download."
+            f"It is probably truncated by an interrupted download or copy: delete it and download it again."
         )
 
     def shape(self, key: str) -> tuple[int, ...]:

@@ -172,3 +172,19 @@ def test_module_entry_point_with_progress_bar_and_suggest(tmp_path, fg_png, tiny
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert len(data["suggestions"]) == 3
+
+
+IMPORT_PROBE = """
+import sys, torch
+calls = []
+torch.cuda.is_available = lambda: calls.append("cuda.is_available") or False
+torch.accelerator.is_available = lambda *a: calls.append("accelerator.is_available") or False
+import core.cli, core.manager, core.pipeline, core.service
+heavy = [m for m in ("diffusers", "transformers", "gradio") if m in sys.modules]
+print(calls, heavy, torch.cuda.is_initialized())
+"""
+
+
+def test_importing_the_engine_probes_no_device_and_loads_no_model_library():
+    out = subprocess.run([sys.executable, "-c", IMPORT_PROBE], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[] [] False", out.stdout + out.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 
 import pytest
 import torch
@@ -79,10 +80,17 @@ def test_weight_file_reader_matches_safetensors(tiny_paths):
 def test_fc_file_used_as_fbc_and_back_is_named(tiny_paths):
     fc = read_offset(tiny_paths["models"] / Variant.FC.filename)
     fbc = read_offset(tiny_paths["models"] / Variant.FBC.filename)
-    with pytest.raises(IncompatibleModelError, match="8-channel conv_in .*fc.*needs 12"):
-        check_offset_variant(fc, Variant.FBC, tiny_paths["models"] / Variant.FC.filename)
-    with pytest.raises(IncompatibleModelError, match="12-channel conv_in .*fbc.*needs 8"):
-        check_offset_variant(fbc, Variant.FC, tiny_paths["models"] / Variant.FBC.filename)
+    path = tiny_paths["models"] / Variant.FC.filename
+    with pytest.raises(
+        IncompatibleModelError, match=r"8-channel conv_in \(an fc/fcon file\) but fbc needs 12"
+    ) as info:
+        check_offset_variant(fc, Variant.FBC, path)
+    assert str(path) in str(info.value) and "replace it with iclight_sd15_fbc.safetensors" in str(info.value)
+    with pytest.raises(IncompatibleModelError, match=r"12-channel conv_in \(an fbc file\) but fcon needs 8"):
+        check_offset_variant(fbc, Variant.FCON, tiny_paths["models"] / Variant.FBC.filename)
+    plain = {**fc, "conv_in.weight": fc["conv_in.weight"][:, :4]}
+    with pytest.raises(IncompatibleModelError, match=r"4-channel conv_in \(not an IC-Light file\)"):
+        check_offset_variant(plain, Variant.FC, path)
 
 
 def test_manager_rejects_swapped_weight_files(tiny_paths, tmp_path):
@@ -90,7 +98,7 @@ def test_manager_rejects_swapped_weight_files(tiny_paths, tmp_path):
     models.mkdir()
     shutil.copy(tiny_paths["models"] / Variant.FC.filename, models / Variant.FBC.filename)
     manager = ModelManager(ModelSettings(base_model=str(tiny_paths["base"]), models_dir=models, device="cpu"))
-    with pytest.raises(IncompatibleModelError, match="use iclight_sd15_fbc.safetensors"):
+    with pytest.raises(IncompatibleModelError, match="an fc/fcon file.*replace it with iclight_sd15_fbc.safetensors"):
         manager.get("fbc")
 
 
@@ -103,6 +111,22 @@ def test_truncated_weights_are_reported_as_corrupt(tiny_paths, tmp_path):
     bad.write_bytes(b"not a safetensors file at all")
     with pytest.raises(CorruptWeightsError, match=str(len(b"not a safetensors file at all")) + " bytes"):
         read_offset(bad)
+
+
+def test_weight_header_that_is_not_an_object_is_corrupt(tmp_path):
+    bad = tmp_path / Variant.FC.filename
+    bad.write_bytes(struct.pack("<Q", 2) + b"12")
+    with pytest.raises(CorruptWeightsError, match="the header is a JSON int, not an object"):
+        read_offset(bad)
+
+
+def test_models_dir_that_is_a_file_is_named(tmp_path, monkeypatch):
+    monkeypatch.delenv("ICLIGHT_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    taken = tmp_path / "models"
+    taken.write_text("not a folder")
+    with pytest.raises(InvalidParameterError, match=f"models folder {taken} is a file"):
+        ensure_iclight_weights(Variant.FC, taken, download=True)
 
 
 def test_missing_weights_offline_name_file_and_folder(tmp_path):
@@ -179,6 +203,27 @@ def test_corrupt_base_weights_are_reported(tiny_paths, tmp_path):
     weights = next((folder / "unet").glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises((CorruptWeightsError, WeightsNotFoundError), match="broken"):
+        load_base_components(str(folder))
+
+
+@pytest.mark.parametrize(
+    ("remove", "named"),
+    [("tokenizer", "tokenizer/"), ("text_encoder", "text_encoder/config.json"), ("vae", "vae/config.json")],
+)
+def test_incomplete_base_folder_names_what_is_missing(tiny_paths, tmp_path, remove, named):
+    folder = tmp_path / "partial"
+    shutil.copytree(tiny_paths["base"], folder)
+    shutil.rmtree(folder / remove)
+    with pytest.raises(WeightsNotFoundError, match=f"{folder} is incomplete: missing {named}"):
+        load_base_components(str(folder))
+
+
+def test_truncated_text_encoder_is_reported_as_corrupt(tiny_paths, tmp_path):
+    folder = tmp_path / "broken_te"
+    shutil.copytree(tiny_paths["base"], folder)
+    weights = next((folder / "text_encoder").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:200])
+    with pytest.raises(CorruptWeightsError, match="broken_te.*corrupt or truncated"):
         load_base_components(str(folder))
 
 
