@@ -180,6 +180,18 @@ def _progress_bar(quiet: bool):
     return callback, lambda: bars and bars[0].close()
 
 
+def _png_variant(path: Path) -> str | None:
+    """The IC-Light variant a result PNG was made with (None when it does not say), so --from-png reruns it."""
+    import json
+
+    from core.outputs import MODEL_KEY, read_png_text
+
+    try:
+        return json.loads(read_png_text(path).get(MODEL_KEY, "{}")).get("variant")
+    except (ValueError, AttributeError):
+        return None
+
+
 def _check_out_dir(out: Path) -> None:
     """Create --out (or check it) before any model loads, so a bad folder costs no generation."""
     if out.exists() and not out.is_dir():
@@ -208,14 +220,15 @@ def run_relight(args: argparse.Namespace) -> int:
     _check_out_dir(args.out)
     settings = settings_from_flags(args)
     params = params_from_args(args)
-    fc_variant = Variant(args.variant) if args.variant in (Variant.FC.value, Variant.FCON.value) else Variant.FC
+    variant = args.variant or (_png_variant(args.from_png) if args.from_png is not None else None)
+    fc_variant = Variant(variant) if variant in (Variant.FC.value, Variant.FCON.value) else Variant.FC
     if args.variant == Variant.FBC.value and params.mode is not Mode.FBC:
         raise InvalidParameterError("--variant fbc needs --mode fbc")
     relighter = Relighter(ModelManager(settings), outputs_dir=args.out, fc_variant=fc_variant)
     if args.engine == "preview":
         light = params.light or Light()
         image, matting = relighter.preview(args.fg, light, params, background=args.bg)
-        paths = relighter.save([image], params.replace(extra={"engine": "preview"}), stem="preview")
+        paths = relighter.save([image], params.replace(extra={"engine": "preview"}), stem="preview", with_model=False)
         notices = [matting.notice] if matting.notice else []
     else:
         callback, close = _progress_bar(args.quiet)

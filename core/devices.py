@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
 DTYPE_CHOICES = ("auto", "fp32", "fp16", "bf16")
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}  # torch's names
 CUDA = "cuda"  # the only place this literal lives
 MPS = "mps"
 CPU = "cpu"
@@ -112,6 +113,7 @@ def resolve_placement(device: str | None = "auto", dtype: str | None = "auto", l
         raise InvalidParameterError(f"device should be one of {', '.join(DEVICE_CHOICES)} but is {device!r}")
     if ":" in device and (base != CUDA or not index.isdigit()):
         raise InvalidParameterError(f"device {device!r} is malformed; only CUDA takes an index, as in 'cuda:1'")
+    dtype = DTYPE_ALIASES.get(dtype, dtype)
     if dtype not in DTYPE_CHOICES:
         raise InvalidParameterError(f"dtype should be one of {', '.join(DTYPE_CHOICES)} but is {dtype!r}")
     if device == "auto":
@@ -139,12 +141,14 @@ def resolve_placement(device: str | None = "auto", dtype: str | None = "auto", l
         unet = text = _DTYPES[dtype]
         # The SD 1.5 VAE overflows in fp16; keep it in bf16/fp32 whatever was asked.
         vae = torch.float32 if dtype == "fp16" and base != CUDA else _DTYPES[dtype]
+        if base == MPS:
+            vae = torch.float32  # bf16 convolutions are incomplete on MPS, whatever was asked
         if dtype == "fp16" and base == CUDA:
             vae = torch.bfloat16 if cuda_native_bf16(device) else torch.float32
         if base == CPU and dtype == "fp16":
             logger.warning("fp16 on CPU is slow and may be unsupported for some ops; bf16 or fp32 is recommended")
     if low_vram and base == CPU:
-        logger.info("--low-vram has no effect on CPU")
+        logger.warning("--low-vram has no effect on CPU (it keeps GPU models on the CPU between uses); ignored")
     return Placement(
         device=device,
         unet_dtype=unet,

@@ -61,12 +61,13 @@ class ModelSettings:
 
 def add_model_flags(parser) -> None:
     """The model flags shared by the CLI and both apps."""
-    from core.devices import DTYPE_CHOICES
+    from core.devices import DTYPE_ALIASES, DTYPE_CHOICES
 
     parser.add_argument("--base-model", help=f"SD 1.5 Hub id, folder or .safetensors (default {DEFAULT_BASE_MODEL})")
     parser.add_argument("--models-dir", type=Path, help="folder with the IC-Light weights (default ./models)")
     parser.add_argument("--device", help="auto, cuda, cuda:N, mps, cpu (default auto)")
-    parser.add_argument("--dtype", choices=DTYPE_CHOICES, help="precision (default auto)")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, type=lambda v: DTYPE_ALIASES.get(v.lower(), v.lower()),
+                        help="precision (default auto); float32, float16, half and bfloat16 also work")  # fmt: skip
     parser.add_argument("--low-vram", action="store_true", default=None, help="GPU offload + tiled VAE (4-8 GB GPUs)")
     parser.add_argument("--offline", action="store_true", help="never download anything; explain what is missing")
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 PARAMS_KEY = "iclight_params"  # machine-readable: RelightParams as JSON
+MODEL_KEY = "iclight_model"  # the weights that made it: IC-Light variant, base model, device and dtypes (JSON)
 PARAMETERS_KEY = "parameters"  # human-readable, in the layout other SD tools show and parse
 SOFTWARE_KEY, SOFTWARE = "Software", "IC-Light app"
 RESERVED_KEYS = frozenset({PARAMS_KEY, PARAMETERS_KEY, SOFTWARE_KEY})

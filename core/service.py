@@ -5,6 +5,7 @@ CLI and both apps call this one object, so they never fork logic.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -156,12 +157,21 @@ class Relighter:
             image = up.image
         return image
 
-    def save(self, images: list[np.ndarray], params: RelightParams, stem: str = "iclight") -> list[Path]:
-        """Write each image as a PNG with its parameters; never overwrites."""
-        from core.outputs import save_result
+    def save(
+        self, images: list[np.ndarray], params: RelightParams, stem: str = "iclight", with_model: bool = True
+    ) -> list[Path]:
+        """Write each image as a PNG with its parameters (and the model that made it); never overwrites."""
+        from core.outputs import MODEL_KEY, save_result
 
         assert self.outputs_dir is not None
-        return [save_result(image, params, self.outputs_dir, stem=f"{stem}_{params.mode.value}") for image in images]
+        variant = self.variant_for(params.mode)
+        extra = {}
+        if with_model:
+            placement = self.manager.placement.describe()
+            model = {"variant": variant.value, "base_model": self.manager.settings.base_model, "placement": placement}
+            extra[MODEL_KEY] = json.dumps(model)
+        name = f"{stem}_{variant.value if with_model else params.mode.value}"
+        return [save_result(image, params, self.outputs_dir, stem=name, extra_text=extra) for image in images]
 
     def preview(
         self, foreground, light: Light, params: RelightParams | None = None, background=None

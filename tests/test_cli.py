@@ -14,7 +14,7 @@ from conftest import ROOT
 from PIL import Image
 
 from core.cli import main
-from core.outputs import read_params
+from core.outputs import MODEL_KEY, read_params, read_png_text
 
 FAST = ["--width", "64", "--height", "64", "--steps", "2", "--highres-scale", "1", "--quiet"]
 
@@ -73,6 +73,25 @@ def test_from_png_reproduces_a_result(tmp_path, fg_png, model_flags, capsys):
     code, changed, _ = run(["relight", "--from-png", paths[0], "--fg", fg_png, "--out", out, "--quiet",
                             "--seed", "4", *model_flags], capsys)  # fmt: skip
     assert code == 0 and read_params(changed[0]).seed == 4 and read_params(changed[0]).prompt == "neon light"
+
+
+def test_results_record_the_model_and_from_png_reruns_the_same_variant(tmp_path, fg_png, model_flags, capsys):
+    out = tmp_path / "out"
+    code, paths, err = run(["relight", "--fg", fg_png, "--prompt", "neon light", "--out", out, "--variant", "fcon",
+                            "--matting", "none", *FAST, *model_flags], capsys)  # fmt: skip
+    assert code == 0, err
+    assert Path(paths[0]).name == "iclight_fcon_00001.png"
+    model = json.loads(read_png_text(paths[0])[MODEL_KEY])
+    assert model == {"variant": "fcon", "base_model": model_flags[1], "placement": "cpu (UNet float32, text float32, "
+                     "VAE float32)"}  # fmt: skip
+    code, again, err = run(["relight", "--from-png", paths[0], "--fg", fg_png, "--out", out, "--quiet",
+                            *model_flags], capsys)  # fmt: skip
+    assert code == 0 and Path(again[0]).name == "iclight_fcon_00002.png", err
+    assert np.array_equal(np.array(Image.open(again[0])), np.array(Image.open(paths[0])))
+    code, fc, err = run(["relight", "--from-png", paths[0], "--fg", fg_png, "--out", out, "--quiet", "--variant",
+                         "fc", *model_flags], capsys)  # fmt: skip
+    assert code == 0 and Path(fc[0]).name == "iclight_fc_00001.png", err
+    assert not np.array_equal(np.array(Image.open(fc[0])), np.array(Image.open(paths[0])))  # other weights
 
 
 def test_fbc_with_light_direction_and_upload(tmp_path, fg_png, model_flags, capsys, bg_image):

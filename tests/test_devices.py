@@ -78,6 +78,18 @@ def test_cuda_index_past_the_gpus_is_a_clear_error(fake_cuda):
         resolve_placement("cuda:2", "auto")
 
 
+def test_mps_vae_stays_fp32_whatever_is_asked(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    for dtype in ("auto", "bf16", "fp16"):
+        placement = resolve_placement("mps", dtype)
+        assert placement.vae_dtype == torch.float32 and placement.unet_dtype != torch.float32
+
+
+@pytest.mark.parametrize(("alias", "dtype"), [("float32", torch.float32), ("BFloat16", torch.bfloat16)])
+def test_torch_dtype_names_are_accepted(alias, dtype):
+    assert resolve_placement("cpu", alias).unet_dtype == dtype
+
+
 def test_low_vram_is_ignored_on_cpu():
     placement = resolve_placement("cpu", "auto", low_vram=True)
     assert not placement.offload and not placement.vae_tiling
