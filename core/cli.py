@@ -231,6 +231,8 @@ def run_relight(args: argparse.Namespace) -> int:
         paths = relighter.save([image], params.replace(extra={"engine": "preview"}), stem="preview", with_model=False)
         notices = [matting.notice] if matting.notice else []
     else:
+        if args.quiet:
+            _silence_library_bars()
         callback, close = _progress_bar(args.quiet)
         try:
             outcome = relighter.relight(
@@ -282,6 +284,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" ({exc.filename})" if exc.filename else ""
         print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _silence_library_bars() -> None:
+    """--quiet: no weight-loading or download bars from the model libraries either."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def _quiet_libraries() -> None:

@@ -44,6 +44,7 @@ def test_relight_writes_pngs_with_parameters_and_never_overwrites(tmp_path, fg_p
             "--num-images", "2", "--seed", "7", "--no-remove-bg", *FAST, *model_flags]  # fmt: skip
     code, paths, err = run(argv, capsys)
     assert code == 0, err
+    assert err == ""  # --quiet: not even the model libraries' loading bars
     assert len(paths) == 2 and all(Path(p).is_file() and Path(p).parent == out for p in paths)
     params = read_params(paths[0])
     assert (params.prompt, params.seed, params.num_images, params.light.azimuth) == (
