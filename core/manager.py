@@ -217,14 +217,15 @@ class ModelManager:
 
     # -- loading -------------------------------------------------------------------------------------------------
 
-    def _offset(self, variant: Variant) -> Mapping[str, torch.Tensor]:
+    def _offset(self, variant: Variant) -> tuple[Mapping[str, torch.Tensor], Path]:
+        """The variant's offset weights, checked for its channel count, and where they came from."""
         if variant in self._offsets:
             offset, source = self._offsets[variant], Path(f"<in-memory {variant.filename}>")
         else:
             source = ensure_iclight_weights(variant, self.settings.models_dir, download=self.settings.download)
             offset = read_offset(source)
         check_offset_variant(offset, variant, source)
-        return offset
+        return offset, source
 
     def _base_components(self) -> BaseComponents:
         """Shared tokenizer, text encoder, VAE and the (lazily read) base UNet weights."""
@@ -240,10 +241,10 @@ class ModelManager:
     def _load(self, variant: Variant) -> ICLightModels:
         placement = self.placement
         logger.info("loading IC-Light %s on %s", variant.value, placement.describe())
-        offset = self._offset(variant)  # first: fail fast on missing/corrupt weights before the big load
+        offset, source = self._offset(variant)  # first: fail fast on missing/corrupt weights before the big load
         base = self._base_components()
         unet = build_iclight_unet(base.unet_config, base.unet_weights, offset, variant.in_channels,
-                                  placement.unet_dtype, source=variant.filename)  # fmt: skip
+                                  placement.unet_dtype, source=source)  # fmt: skip
         del offset
         home = "cpu" if placement.offload else placement.torch_device
         unet.to(device=home)

@@ -102,6 +102,13 @@ def offset_in_channels(offset: Mapping, path: Path) -> int:
     return int(shape[1])
 
 
+# Either side can be at fault when an offset and a base UNet do not fit.
+_FIT_HINT = (
+    "IC-Light offsets fit only an SD 1.5 base model: check that --base-model is SD 1.5 and that the offset file is "
+    "the unmodified one from the Hub repo lllyasviel/ic-light"
+)
+
+
 def check_offset_matches(base: Mapping, offset: Mapping, in_channels: int, source: Path | str) -> None:
     """Every base key has an offset of the same shape (conv_in widened to `in_channels`), and nothing else."""
     missing = sorted(set(base) - set(offset))
@@ -109,7 +116,7 @@ def check_offset_matches(base: Mapping, offset: Mapping, in_channels: int, sourc
     if missing or unexpected:
         raise IncompatibleModelError(
             f"{source} does not match the base UNet: {len(missing)} key(s) missing (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}). IC-Light needs an SD 1.5 base model."
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}). {_FIT_HINT}"
         )
     for key in base:
         expected = list(tensor_shape(base, key))
@@ -117,8 +124,8 @@ def check_offset_matches(base: Mapping, offset: Mapping, in_channels: int, sourc
             expected[1] = in_channels
         if tensor_shape(offset, key) != tuple(expected):
             raise IncompatibleModelError(
-                f"{source}: '{key}' has shape {tensor_shape(offset, key)} but the base UNet needs {tuple(expected)}; "
-                f"IC-Light needs an SD 1.5 base model"
+                f"{source}: '{key}' has shape {tensor_shape(offset, key)} but the base UNet needs {tuple(expected)}. "
+                f"{_FIT_HINT}"
             )
 
 

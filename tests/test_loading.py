@@ -62,8 +62,20 @@ def test_merge_rejects_missing_keys_and_shapes(tiny_unet):
     with pytest.raises(IncompatibleModelError, match="1 key\\(s\\) missing"):
         build_iclight_unet(tiny_unet.config, base, partial, 8, torch.float32, source="x")
     offset["conv_out.bias"] = torch.zeros(7)
-    with pytest.raises(IncompatibleModelError, match="conv_out.bias"):
+    with pytest.raises(IncompatibleModelError, match="conv_out.bias.*check that --base-model is SD 1.5 and that"):
         build_iclight_unet(tiny_unet.config, base, offset, 8, torch.float32, source="x")
+
+
+def test_manager_names_the_offset_file_that_does_not_fit(tiny_paths, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    offset = dict(read_offset(tiny_paths["models"] / Variant.FC.filename).items())
+    offset.pop("conv_out.bias")
+    save_file({k: v.contiguous() for k, v in offset.items()}, str(models / Variant.FC.filename))
+    manager = ModelManager(ModelSettings(base_model=str(tiny_paths["base"]), models_dir=models, device="cpu"))
+    with pytest.raises(IncompatibleModelError, match="unmodified one from the Hub repo lllyasviel/ic-light") as info:
+        manager.get("fc")
+    assert str(models / Variant.FC.filename) in str(info.value)
 
 
 def test_weight_file_reader_matches_safetensors(tiny_paths):
