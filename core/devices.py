@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from core.errors import InvalidParameterError
+from core.errors import DeviceMemoryError, InvalidParameterError
 
 logger = logging.getLogger(__name__)
 
@@ -236,3 +236,25 @@ def release_cpu_memory() -> None:
     trim = _glibc_function("malloc_trim")
     if trim is not None:
         trim(0)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA raises torch.OutOfMemoryError; MPS and some allocators raise a plain RuntimeError with this text."""
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+@contextlib.contextmanager
+def explain_out_of_memory(what: str, device: str | torch.device) -> Iterator[None]:
+    """Turn an out-of-memory error inside the block into a DeviceMemoryError saying what to change."""
+    try:
+        yield
+    except RuntimeError as exc:  # torch.OutOfMemoryError is one
+        if not is_out_of_memory(exc):
+            raise
+        if torch.device(device).type == "cuda":
+            torch.cuda.empty_cache()  # hand the failed attempt's blocks back before the next one
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DeviceMemoryError(
+            f"{device} ran out of memory {what}: try --low-vram (ICLIGHT_LOW_VRAM=1), fewer images or a smaller "
+            f"size ({first_line})"
+        ) from None

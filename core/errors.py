@@ -25,3 +25,7 @@ class IncompatibleModelError(ICLightError):
 
 class CancelledError(ICLightError):
     """Generation was cancelled by the user between two sampling steps."""
+
+
+class DeviceMemoryError(ICLightError):
+    """The GPU (or CPU) ran out of memory for the requested size; the message says what to change."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.devices import explain_out_of_memory
 from core.errors import InvalidParameterError
 from core.images import LoadedImage, load_image
 from core.lights import Light
@@ -47,6 +48,13 @@ def as_loaded(image: LoadedImage | np.ndarray | str | Path | bytes | None, what:
         return load_image(image)
     except InvalidParameterError as exc:
         raise InvalidParameterError(f"{what}: {exc}") from exc
+
+
+def _memory_task(verb: str, params: RelightParams) -> str:
+    """What a run was doing, for an out-of-memory message: '<verb> 2 image(s) at 512x640 (high-res 768x960)'."""
+    hr_width, hr_height = params.highres_size
+    size = f"{params.width}x{params.height} (high-res {hr_width}x{hr_height})"
+    return f"{verb} {params.num_images} image(s) at {size}"
 
 
 class Relighter:
@@ -120,17 +128,18 @@ class Relighter:
         matting = self.extract(fg, params)
         notices = [matting.notice] if matting.notice else []
         # 3. Sampling
-        models = self.manager.get(self.variant_for(params.mode))
-        with self._lock:
-            result = relight(
-                models,
-                matting.foreground,
-                params,
-                background=None if bg is None else bg.rgb,
-                light_map=None if lmap is None else lmap.rgb,
-                callback=callback,
-                cancel=cancel,
-            )
+        with explain_out_of_memory(_memory_task("relighting", params), self.manager.placement.device):
+            models = self.manager.get(self.variant_for(params.mode))
+            with self._lock:
+                result = relight(
+                    models,
+                    matting.foreground,
+                    params,
+                    background=None if bg is None else bg.rgb,
+                    light_map=None if lmap is None else lmap.rgb,
+                    callback=callback,
+                    cancel=cancel,
+                )
         # 4. Finishing
         images = [self.finish(image, fg.rgb, matting.matte, params, notices) for image in result.images]
         outcome = RelightOutcome(images, matting.foreground, matting.matte, params, notices=notices)
@@ -215,10 +224,11 @@ class Relighter:
             raise InvalidParameterError("no foreground image was given; upload a photo of the subject")
         bg = as_loaded(background, "background")
         matting = self.extract(fg, params, sigma=NORMAL_SIGMA)
-        models = self.manager.get(Variant.FBC)
         per_run = sum(planned_steps(params, has_initial_image=False))
         relights = []
-        with self._lock:
+        task = _memory_task("computing normals for", params.replace(num_images=1))
+        with explain_out_of_memory(task, self.manager.placement.device), self._lock:
+            models = self.manager.get(Variant.FBC)
             for k, source in enumerate(NORMAL_LIGHTS):
                 run_params = params.replace(mode=Mode.FBC, bg_source=source, num_images=1)
                 shifted = None

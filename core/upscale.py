@@ -128,7 +128,9 @@ class Upscaler:
                 lanczos(image, *target), f"Upscaled with Lanczos instead of Real-ESRGAN: {error}", False
             )
         except RuntimeError as error:
-            if not _is_out_of_memory(error):
+            from core.devices import is_out_of_memory
+
+            if not is_out_of_memory(error):
                 raise
             notice = f"Upscaled with Lanczos: Real-ESRGAN ran out of memory even with {MIN_TILE} px tiles ({error})"
             return UpscaleResult(lanczos(image, *target), notice, False)
@@ -160,7 +162,9 @@ def _upscale_tiled(model: Any, image: np.ndarray, scale: int, tile: int, overlap
         try:
             return _run_tiles(model, image, scale, tile, overlap), tile
         except RuntimeError as error:
-            if not _is_out_of_memory(error) or tile // 2 < MIN_TILE:
+            from core.devices import is_out_of_memory
+
+            if not is_out_of_memory(error) or tile // 2 < MIN_TILE:
                 raise
             _free_accelerator_memory()
             tile //= 2
@@ -295,13 +299,6 @@ def _model_device_dtype(model: Any) -> tuple[Any, Any]:
         if first is not None:
             return first.device, first.dtype
     return torch.device("cpu"), torch.float32
-
-
-def _is_out_of_memory(error: BaseException) -> bool:
-    import torch
-
-    # CUDA raises torch.OutOfMemoryError; MPS and some allocators raise a plain RuntimeError with this text.
-    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
 
 
 def _free_accelerator_memory() -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from official_reference import OfficialDemo
 from PIL import Image
 
-from core.errors import InvalidParameterError
+from core.errors import DeviceMemoryError, InvalidParameterError
 from core.lights import Light
 from core.manager import ModelManager
 from core.matting import Matter
@@ -95,6 +96,29 @@ def test_normals_match_official_process_normal(relighter, rgba_png, bg_image):
     for ours, ref in zip(images, theirs, strict=True):
         assert ours.shape == ref.shape == (128, 128, 3)
         assert np.abs(ours.astype(int) - ref.astype(int)).max() <= 1
+
+
+def test_out_of_memory_says_what_to_change(relighter, fg_image, bg_image, monkeypatch):
+    import core.pipeline
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+
+    monkeypatch.setattr(core.pipeline, "relight", oom)
+    expected = (r"cpu ran out of memory relighting 2 image\(s\) at 64x64 \(high-res 64x64\): try --low-vram .*"
+                r"fewer images or a smaller size \(CUDA out of memory\. Tried to allocate 2\.00 GiB\)$")  # fmt: skip
+    with pytest.raises(DeviceMemoryError, match=expected):
+        relighter.relight(fg_image, fast(num_images=2), save=False)
+    params = RelightParams.for_mode("fbc", prompt="a cat", width=64, height=64, steps=2, matting=Matting.NONE)
+    with pytest.raises(DeviceMemoryError, match="computing normals for 1 image"):
+        relighter.normals(fg_image, params, background=bg_image)
+
+    def other(*args, **kwargs):
+        raise RuntimeError("a real bug")
+
+    monkeypatch.setattr(core.pipeline, "relight", other)
+    with pytest.raises(RuntimeError, match="a real bug"):
+        relighter.relight(fg_image, fast(), save=False)
 
 
 def test_preview_follows_the_light(relighter, rgba_png):
