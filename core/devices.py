@@ -139,12 +139,12 @@ def resolve_placement(device: str | None = "auto", dtype: str | None = "auto", l
 
     if dtype != "auto":
         unet = text = _DTYPES[dtype]
-        # The SD 1.5 VAE overflows in fp16; keep it in bf16/fp32 whatever was asked.
-        vae = torch.float32 if dtype == "fp16" and base != CUDA else _DTYPES[dtype]
         if base == MPS:
             vae = torch.float32  # bf16 convolutions are incomplete on MPS, whatever was asked
-        if dtype == "fp16" and base == CUDA:
-            vae = torch.bfloat16 if cuda_native_bf16(device) else torch.float32
+        elif dtype == "fp16":  # the SD 1.5 VAE overflows in fp16: bf16 where the GPU computes it, else fp32
+            vae = torch.bfloat16 if base == CUDA and cuda_native_bf16(device) else torch.float32
+        else:
+            vae = _DTYPES[dtype]
         if base == CPU and dtype == "fp16":
             logger.warning("fp16 on CPU is slow and may be unsupported for some ops; bf16 or fp32 is recommended")
     if low_vram and base == CPU:
@@ -238,6 +238,15 @@ def release_cpu_memory() -> None:
         trim(0)
 
 
+def free_accelerator_memory() -> None:
+    """Return cached GPU blocks to the driver (CUDA, MPS); nothing to do on CPU or before a GPU was used."""
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+    mps = getattr(torch.backends, MPS, None)
+    if mps is not None and mps.is_available():
+        torch.mps.empty_cache()
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """CUDA raises torch.OutOfMemoryError; MPS and some allocators raise a plain RuntimeError with this text."""
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
@@ -251,8 +260,7 @@ def explain_out_of_memory(what: str, device: str | torch.device) -> Iterator[Non
     except RuntimeError as exc:  # torch.OutOfMemoryError is one
         if not is_out_of_memory(exc):
             raise
-        if torch.device(device).type == "cuda":
-            torch.cuda.empty_cache()  # hand the failed attempt's blocks back before the next one
+        free_accelerator_memory()  # hand the failed attempt's blocks back before the next one
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DeviceMemoryError(
             f"{device} ran out of memory {what}: try --low-vram (ICLIGHT_LOW_VRAM=1), fewer images or a smaller "

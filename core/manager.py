@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from core import cpu_attention, cpu_fusion, cpu_ops
-from core.devices import Placement, env_flag, release_cpu_memory, resolve_placement
+from core.devices import Placement, env_flag, free_accelerator_memory, release_cpu_memory, resolve_placement
 from core.loading import (
     DEFAULT_BASE_MODEL,
     OFFLINE_ENV,
@@ -122,8 +122,7 @@ class ICLightModels:
             yield module
         finally:
             module.to("cpu")
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            free_accelerator_memory()
 
 
 class ModelManager:
@@ -197,8 +196,7 @@ class ModelManager:
             if variant is None or not self._cache:
                 self._base = self._vae_copy = None  # also drops the base weights' file handles
         release_cpu_memory()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        free_accelerator_memory()
 
     def describe(self, variant: Variant | str) -> str:
         """Status line: base model, variant, weight file state, device and dtypes."""

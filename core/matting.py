@@ -264,14 +264,13 @@ class Matter:
 
     def unload(self) -> None:
         """Drop every cached model (and remembered load failures) so memory is freed and loading is retried."""
-        import torch
+        from core.devices import free_accelerator_memory
 
         with self._lock:
             self._cache.clear()
             self._failures.clear()
         gc.collect()
-        if torch.cuda.is_initialized():
-            torch.cuda.empty_cache()
+        free_accelerator_memory()
 
     def _model_matte(self, backend: Matting, rgb: np.ndarray) -> tuple[np.ndarray | None, str | None]:
         """(matte, None) from the backend's model, or (None, notice) when the model cannot be had or used."""

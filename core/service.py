@@ -173,13 +173,12 @@ class Relighter:
         from core.outputs import MODEL_KEY, save_result
 
         assert self.outputs_dir is not None
-        variant = self.variant_for(params.mode)
-        extra = {}
+        name, extra = f"{stem}_{params.mode.value}", {}
         if with_model:
+            variant = self.variant_for(params.mode)
             placement = self.manager.placement.describe()
             model = {"variant": variant.value, "base_model": self.manager.settings.base_model, "placement": placement}
-            extra[MODEL_KEY] = json.dumps(model)
-        name = f"{stem}_{variant.value if with_model else params.mode.value}"
+            name, extra = f"{stem}_{variant.value}", {MODEL_KEY: json.dumps(model)}
         return [save_result(image, params, self.outputs_dir, stem=name, extra_text=extra) for image in images]
 
     def preview(

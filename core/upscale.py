@@ -105,7 +105,9 @@ class Upscaler:
         with self._lock:
             if not self._injected:
                 self._model = None
-        _free_accelerator_memory()
+        from core.devices import free_accelerator_memory
+
+        free_accelerator_memory()
 
     def upscale(self, image: np.ndarray, mode: Upscale | str) -> UpscaleResult:
         """Upscale `image` per `mode`; without usable weights, Lanczos plus a notice saying why."""
@@ -162,11 +164,11 @@ def _upscale_tiled(model: Any, image: np.ndarray, scale: int, tile: int, overlap
         try:
             return _run_tiles(model, image, scale, tile, overlap), tile
         except RuntimeError as error:
-            from core.devices import is_out_of_memory
+            from core.devices import free_accelerator_memory, is_out_of_memory
 
             if not is_out_of_memory(error) or tile // 2 < MIN_TILE:
                 raise
-            _free_accelerator_memory()
+            free_accelerator_memory()
             tile //= 2
 
 
@@ -299,13 +301,6 @@ def _model_device_dtype(model: Any) -> tuple[Any, Any]:
         if first is not None:
             return first.device, first.dtype
     return torch.device("cpu"), torch.float32
-
-
-def _free_accelerator_memory() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def _check_tiling(tile: int, overlap: int) -> None:
