@@ -277,6 +277,14 @@ def _explain_base_failure(source: str, kind: str, exc: Exception) -> Exception:
             f"When offline, download it once elsewhere (`hf download {source}`) into the cache, or pass a local "
             f"diffusers folder or .safetensors file with --base-model / ICLIGHT_BASE_MODEL."
         )
+    if kind == "file" and "Unable to load weights from checkpoint" in text:  # diffusers' word for an unreadable file
+        cause = exc.__cause__ or exc.__context__
+        detail = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else ""
+        why = f" ({type(cause).__name__}: {detail})" if detail else ""
+        return CorruptWeightsError(
+            f"single-file checkpoint '{source}' is truncated, corrupt or not a checkpoint{why}. Delete it and "
+            f"download it again."
+        )
     if "safetensors" in text.lower() or "header" in text.lower() or "incomplete" in text.lower():
         return CorruptWeightsError(f"base model '{source}' has a corrupt or truncated weight file ({text})")
     if "expected shape" in text or "size mismatch" in text:

@@ -273,3 +273,16 @@ def test_unreadable_single_file_checkpoint_is_explained(tmp_path, tiny_paths):
     save_file({"x": torch.zeros(1)}, str(ckpt))
     with pytest.raises((IncompatibleModelError, WeightsNotFoundError, CorruptWeightsError), match="not_sd15"):
         load_base_components(str(ckpt), single_file_config=str(tiny_paths["base"]))
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_truncated_single_file_checkpoint_is_reported_as_corrupt(tmp_path, tiny_paths, suffix):
+    ckpt = tmp_path / f"half_downloaded{suffix}"
+    whole = tmp_path / f"whole{suffix}"
+    if suffix == ".ckpt":
+        torch.save({"state_dict": {"x": torch.zeros(4096)}}, whole)
+    else:
+        save_file({"x": torch.zeros(4096)}, str(whole))
+    ckpt.write_bytes(whole.read_bytes()[:200])
+    with pytest.raises(CorruptWeightsError, match=r"half_downloaded.*truncated.*Delete it and download it again"):
+        load_base_components(str(ckpt), single_file_config=str(tiny_paths["base"]))
