@@ -2,16 +2,20 @@
 
 Some shared VMs switch the speed of their matrix units every second or two (the bf16 matmul probe reads 0.5-0.7
 TFLOP/s, then 1.4-2.0 for 0.2-3 s), so a whole UNet step rarely runs in one fast phase and `bench_cpu.py` cannot
-hold a step against that phase's compute limit. Here each top-level part of our default CPU UNet (time embedding,
-conv_in, the four down blocks, the mid block, the four up blocks, the output norm and conv) runs on the inputs it
-gets in a real step at 512 x 640 with CFG, between two probes. A sample whose probes agree within 15 % ran in one
-phase; the phases are told apart by the widest gap between the probes' speeds (a host without phases has one).
-Per phase the step is the sum of each part's median time, and the limit the sum of each part's FLOPs at its
-probes; whole steps are timed the same way in between, to check the sum against them where a phase lasts a step.
-When the last probe looks fast, the part with the fewest fast samples runs next.
+hold a step against that phase's compute limit. Here each of the 49 parts of our default CPU UNet (every resnet,
+transformer and resampler of its blocks, and its time embedding, conv_in, output norm and conv_out) runs on the
+inputs it gets in a real step at 512 x 640 with CFG, between two probes. A sample whose probes agree within 15 % ran
+in one phase; the probes' speeds are split into a slow and a fast group where they cluster (a host without phases
+has one). The part with the fewest samples in the phase the last probe suggests runs next; once that phase has
+enough of every part, the bench waits for the other one, timing a whole step now and then.
+
+Per phase, the parts' step is the sum of each part's median time, and its limit the sum of each part's FLOPs at its
+own probes. Whole steps that ran in one phase are the check: a step's time outside its parts (the skip
+concatenations, the call's own work) is their median minus the parts' sum, and the most of it in any phase with
+whole steps is added to every phase's assembled step.
 
     python bench/bench_blocks.py                 # 600 s of samples
-    python bench/bench_blocks.py --seconds 120
+    python bench/bench_blocks.py --seconds 900
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from bench.bench_cpu import STEADY, MatmulProbe, sd15_unet_config, write_full_size_model  # noqa: E402
 
 PARTS = ("time_embedding", "conv_in", "down_blocks", "mid_block", "up_blocks", "conv_norm_out", "conv_act", "conv_out")
-PHASE_GAP = 1.6  # probes this many times apart (the widest gap between sorted speeds) mean two phases
+PHASE_GAP = 1.6  # two groups of probes this many times apart (geometric means) are two phases
+PHASE_SHARE = 0.03  # when each group holds at least this share of the probes
 MIN_SAMPLES = 3  # a phase's step is assembled only when every part has this many samples in it
 STEP_EVERY = 12  # while a phase has enough samples of every part, one turn in this many times a whole step
 ENOUGH = 9  # samples of each part per phase before the other phase is waited for
@@ -53,11 +58,12 @@ class Phase:
         return self.step_s / self.limit_s
 
 
-def phase_threshold(probes: list[float], gap: float = PHASE_GAP) -> float | None:
+def phase_threshold(probes: list[float], gap: float = PHASE_GAP, share: float = PHASE_SHARE) -> float | None:
     """The speed between a host's slow and fast phases, None when it has one.
 
     The probes' log speeds are split in two where the spread within each side is least (Otsu's method); two phases
-    when the sides' geometric means are `gap` times apart, split at the geometric middle of those means.
+    when the sides' geometric means are `gap` times apart and each side holds `share` of the probes (a few stray
+    readings are not a phase), split at the geometric middle of those means.
     """
     logs = sorted(math.log(p) for p in probes if p > 0)
     n, total, squares = len(logs), sum(logs), sum(x * x for x in logs)
@@ -67,10 +73,10 @@ def phase_threshold(probes: list[float], gap: float = PHASE_GAP) -> float | None
         high, high_sq = total - low, squares - low_sq
         spread = low_sq - low * low / i + high_sq - high * high / (n - i)
         if best is None or spread < best[0]:
-            best = (spread, low / i, high / (n - i))
-    if best is None or best[2] - best[1] < math.log(gap):
+            best = (spread, i, low / i, high / (n - i))
+    if best is None or best[3] - best[2] < math.log(gap) or min(best[1], n - best[1]) < share * n:
         return None
-    return math.exp((best[1] + best[2]) / 2)
+    return math.exp((best[2] + best[3]) / 2)
 
 
 def phase_of(before: float, after: float, threshold: float | None, tolerance: float = STEADY) -> str | None:

@@ -86,3 +86,9 @@ def test_parts_cover_every_resnet_transformer_and_resampler_once():
     assert {id(m) for m in parts.values() if type(m).__name__ in kinds} == expected
     assert len(parts) == len(expected) + 5  # time_embedding, conv_in, conv_norm_out, conv_act, conv_out
     assert "mid_block.attentions.0" in parts and "up_blocks.0.upsamplers.0" in parts and "conv_in" in parts
+
+
+def test_a_few_stray_slow_readings_are_not_a_phase():
+    probes = [0.55 + 0.01 * (i % 10) for i in range(200)] + [0.1, 0.15, 0.2]  # as in a run with no fast phase
+    assert phase_threshold(probes) is None
+    assert phase_threshold(probes + [1.5] * 20) == pytest.approx(math.sqrt(0.595 * 1.5), rel=0.05)
