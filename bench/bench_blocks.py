@@ -14,8 +14,8 @@ own probes. Whole steps that ran in one phase are the check: a step's time outsi
 concatenations, the call's own work) is their median minus the parts' sum, and the most of it in any phase with
 whole steps is added to every phase's assembled step.
 
-    python bench/bench_blocks.py                 # 600 s of samples
-    python bench/bench_blocks.py --seconds 900
+    python bench/bench_blocks.py                 # 1,500 s of samples
+    python bench/bench_blocks.py --seconds 600
 """
 
 from __future__ import annotations
@@ -305,7 +305,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--height", type=int, default=640)
-    parser.add_argument("--seconds", type=float, default=600, help="how long to sample")
+    parser.add_argument("--seconds", type=float, default=1500, help="how long to sample")
     parser.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "iclight_bench")
     args = parser.parse_args()
     import torch
