@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from bench.bench_cpu import STEADY, MatmulProbe, sd15_unet_config, write_full_size_model  # noqa: E402
+from bench.bench_cpu import MatmulProbe, one_phase, unet_flop_counter, write_full_size_model  # noqa: E402
 
 PARTS = ("time_embedding", "conv_in", "down_blocks", "mid_block", "up_blocks", "conv_norm_out", "conv_act", "conv_out")
 PHASE_GAP = 1.6  # two groups of probes this many times apart (geometric means) are two phases
@@ -79,9 +79,9 @@ def phase_threshold(probes: list[float], gap: float = PHASE_GAP, share: float = 
     return math.exp((best[2] + best[3]) / 2)
 
 
-def phase_of(before: float, after: float, threshold: float | None, tolerance: float = STEADY) -> str | None:
+def phase_of(before: float, after: float, threshold: float | None) -> str | None:
     """ "fast", "slow" ("steady" without phases) for a sample whose probes agree, None for one that straddles."""
-    if abs(before - after) > tolerance * max(before, after):
+    if not one_phase(before, after):
         return None
     if threshold is None:
         return "steady"
@@ -126,20 +126,9 @@ def in_phase(rows: list[tuple[float, float, float]], threshold: float | None, ph
 
 
 def part_flops(width: int, height: int, names: list[str]) -> dict[str, float]:
-    """FLOPs of each named top-level part of an SD 1.5 + IC-Light fc UNet call with CFG, counted on meta tensors."""
-    import torch
-    from diffusers import UNet2DConditionModel
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.device("meta"), torch.no_grad():
-        unet = UNet2DConditionModel(**{**sd15_unet_config(), "in_channels": 8})
-        counter = FlopCounterMode(display=False)
-        with counter:
-            unet(torch.empty(2, 8, height // 8, width // 8), torch.tensor(500), torch.empty(2, 77, 768))
-    counts = {
-        key.removeprefix("UNet2DConditionModel."): sum(v.values()) for key, v in counter.get_flop_counts().items()
-    }  # noqa: E501
-    return {name: float(counts.get(name, 0)) for name in names}
+    """FLOPs of each named part of an SD 1.5 + IC-Light fc UNet call with CFG."""
+    counts = unet_flop_counter(width, height).get_flop_counts()
+    return {name: float(sum(counts.get(f"UNet2DConditionModel.{name}", {}).values())) for name in names}
 
 
 def _copy(x):
@@ -216,30 +205,30 @@ def run(folder: Path, width: int, height: int, seconds: float) -> tuple[dict, li
         for name in names:  # warm each part once on its own
             args, kwargs = _copy(captured[name])
             modules[name](*args, **kwargs)
+
+        def between_probes(fn, *args, **kwargs) -> tuple[float, float, float]:
+            before = probe(1)
+            t = time.perf_counter()
+            fn(*args, **kwargs)
+            elapsed = time.perf_counter() - t
+            after = probe(1)
+            probes.extend((before, after))
+            return elapsed, before, after
+
         start, turn, last, threshold = time.perf_counter(), 0, 0.0, None
         while time.perf_counter() - start < seconds:
             turn += 1
             if turn % 20 == 1 and len(probes) > 50:
                 threshold = phase_threshold(probes)
-            looks = phase_of(last, last, threshold) if threshold else "steady"
+            looks = phase_of(last, last, threshold)
             fewest = min(names, key=lambda n: in_phase(samples[n], threshold, looks))  # noqa: B023
-            if in_phase(samples[fewest], threshold, looks) < ENOUGH or threshold is None and turn % STEP_EVERY:
+            if in_phase(samples[fewest], threshold, looks) < ENOUGH or (threshold is None and turn % STEP_EVERY):
                 args, kwargs = _copy(captured[fewest])
-                before = probe(1)
-                t = time.perf_counter()
-                modules[fewest](*args, **kwargs)
-                elapsed = time.perf_counter() - t
-                last = probe(1)
-                samples[fewest].append((elapsed, before, last))
-                probes += [before, last]
+                samples[fewest].append(between_probes(modules[fewest], *args, **kwargs))
+                last = samples[fewest][-1][2]
             elif turn % STEP_EVERY == 0:  # whole steps, to check the assembled ones against
-                before = probe(1)
-                t = time.perf_counter()
-                step()
-                elapsed = time.perf_counter() - t
-                last = probe(1)
-                steps.append((elapsed, before, last))
-                probes += [before, last]
+                steps.append(between_probes(step))
+                last = steps[-1][2]
             else:  # this phase has enough samples: wait for the other one
                 last = probe(1)
                 probes.append(last)

@@ -107,6 +107,11 @@ class MatmulProbe:
         return 2 * MATMUL_N**3 / best / 1e12
 
 
+def one_phase(before: float, after: float, tolerance: float = STEADY) -> bool:
+    """Whether two probes agree within `tolerance` of the faster one, so what ran between them ran in one phase."""
+    return abs(before - after) <= tolerance * max(before, after)
+
+
 def steady_ratios(step_times, before, after, flops: float, tolerance: float = STEADY) -> list[tuple[float, float]]:
     """(ratio to the compute limit, probe) for each step whose probes before and after agree within `tolerance`.
 
@@ -115,7 +120,7 @@ def steady_ratios(step_times, before, after, flops: float, tolerance: float = ST
     """
     steady = []
     for seconds, a, b in zip(step_times, before, after, strict=True):
-        if abs(a - b) <= tolerance * max(a, b):
+        if one_phase(a, b, tolerance):
             peak = (a + b) / 2
             steady.append((seconds * peak * 1e12 / flops, peak))
     return steady
@@ -183,8 +188,8 @@ def worker(recipe: str, folder: Path, width: int, height: int, steps: int, unet_
     return result
 
 
-def count_unet_flops(width: int, height: int, in_channels: int = 8) -> int:
-    """FLOPs of one SD 1.5 + IC-Light UNet call with CFG (batch 2), counted by torch on meta tensors.
+def unet_flop_counter(width: int, height: int, in_channels: int = 8):
+    """torch's FLOP counter after one SD 1.5 + IC-Light UNet call with CFG (batch 2), run on meta tensors.
 
     Counted on diffusers' eager modules: our fused oneDNN ops and the C attention kernel do the same work but are
     invisible to torch's counter.
@@ -199,7 +204,12 @@ def count_unet_flops(width: int, height: int, in_channels: int = 8) -> int:
         counter = FlopCounterMode(display=False)
         with counter:
             unet(latents, torch.tensor(500), torch.empty(2, 77, 768))
-    return counter.get_total_flops()
+    return counter
+
+
+def count_unet_flops(width: int, height: int, in_channels: int = 8) -> int:
+    """FLOPs of one SD 1.5 + IC-Light UNet call with CFG (batch 2)."""
+    return unet_flop_counter(width, height, in_channels).get_total_flops()
 
 
 def peak_rss_gb() -> float:

@@ -268,9 +268,14 @@ def _cached_config_folder(repo_id: str) -> str:
         ) from exc
 
 
+def _describe(exc: BaseException) -> str:
+    """'Type: first line of the message'."""
+    message = str(exc).strip()
+    return f"{type(exc).__name__}: {message.splitlines()[0] if message else ''}"
+
+
 def _explain_base_failure(source: str, kind: str, exc: Exception) -> Exception:
-    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    text = f"{type(exc).__name__}: {first_line}"
+    text = _describe(exc)
     if kind == "hub":
         return WeightsNotFoundError(
             f"base model '{source}' could not be loaded from the Hugging Face Hub or its cache ({text}). "
@@ -279,8 +284,7 @@ def _explain_base_failure(source: str, kind: str, exc: Exception) -> Exception:
         )
     if kind == "file" and "Unable to load weights from checkpoint" in text:  # diffusers' word for an unreadable file
         cause = exc.__cause__ or exc.__context__
-        detail = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else ""
-        why = f" ({type(cause).__name__}: {detail})" if detail else ""
+        why = f" ({_describe(cause)})" if cause is not None and str(cause).strip() else ""
         return CorruptWeightsError(
             f"single-file checkpoint '{source}' is truncated, corrupt or not a checkpoint{why}. Delete it and "
             f"download it again."
