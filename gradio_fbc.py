@@ -6,7 +6,11 @@ from collections.abc import Sequence
 
 import gradio as gr
 
-from app_common import (
+from core.params import BGSource, Mode
+from core.service import Relighter
+from db_examples import background_gallery, fbc_examples
+from ui.form import FBC_CHOICES
+from ui.page import (
     AppSpec,
     Page,
     build_demo,
@@ -15,11 +19,7 @@ from app_common import (
     set_prompt,
     wire_normals,
 )
-from app_engine import FBC_CHOICES
-from app_settings import AppSettings, main
-from core.params import BGSource, Mode
-from core.service import Relighter
-from db_examples import background_gallery, fbc_examples
+from ui.settings import AppSettings, main
 
 TITLE = "IC-Light: relight with a background"
 INTRO = (

@@ -6,12 +6,12 @@ from collections.abc import Sequence
 
 import gradio as gr
 
-from app_common import AppSpec, Page, build_demo, quick_list, set_lighting, set_subject
-from app_engine import FC_CHOICES
-from app_settings import AppSettings, main
 from core.params import LightDirection, Mode
 from core.service import Relighter
 from db_examples import fc_examples
+from ui.form import FC_CHOICES
+from ui.page import AppSpec, Page, build_demo, quick_list, set_lighting, set_subject
+from ui.settings import AppSettings, main
 
 TITLE = "IC-Light: relight with text"
 INTRO = (

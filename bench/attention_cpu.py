@@ -4,7 +4,7 @@ The shapes are the ones a default fc relight runs, with CFG (batch 2) and 8 head
 at 5,120 tokens in the 512 x 640 pass and 11,520 tokens in the 1.5x high-res pass (768 x 960), its cross-attention,
 and the second and third levels (head sizes 80 and 160) of the 512 x 640 pass where the kernel takes them.
 
-    python bench/attention_cpu.py
+    python -m bench.attention_cpu
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 SHAPES = (
     (2, 8, 5120, 40),
@@ -47,7 +46,7 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
-    from core.cpu_attention import load_kernel
+    from core.accel.attention import load_kernel
 
     kernel, status = load_kernel()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; kernel: {status.reason}")

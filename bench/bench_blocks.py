@@ -14,8 +14,8 @@ own probes. Whole steps that ran in one phase are the check: a step's time outsi
 concatenations, the call's own work) is their median minus the parts' sum, and the most of it in any phase with
 whole steps is added to every phase's assembled step.
 
-    python bench/bench_blocks.py                 # 1,500 s of samples
-    python bench/bench_blocks.py --seconds 600
+    python -m bench.bench_blocks                 # 1,500 s of samples
+    python -m bench.bench_blocks --seconds 600
 """
 
 from __future__ import annotations
@@ -24,14 +24,11 @@ import argparse
 import math
 import os
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 from bench.bench_cpu import MatmulProbe, one_phase, unet_flop_counter, write_full_size_model  # noqa: E402
 
@@ -169,9 +166,9 @@ def run(folder: Path, width: int, height: int, seconds: float) -> tuple[dict, li
     """Sample our default CPU UNet's parts and whole steps for `seconds`; returns samples, steps, probes, flops."""
     import torch
 
-    from core.devices import kept_heap, resolve_placement
-    from core.manager import ModelManager, ModelSettings
-    from core.prompt import encode_prompt_pair
+    from core.models.devices import kept_heap, resolve_placement
+    from core.models.manager import ModelManager, ModelSettings
+    from core.recipe.prompt_encoding import encode_prompt_pair
 
     settings = ModelSettings(base_model=str(folder / "base"), models_dir=folder / "models", device="cpu",
                              dtype="auto", download=False)  # fmt: skip

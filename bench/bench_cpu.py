@@ -4,8 +4,8 @@ Compute cost does not depend on weight values, so a random-initialised model wri
 (and loaded through the real loader) measures real speed and memory. Each recipe runs in its own process so that
 peak memory is its own.
 
-    python bench/bench_cpu.py                  # full default relight (25 steps, 512x640, highres 1.5)
-    python bench/bench_cpu.py --steps 4        # quicker, same sizes
+    python -m bench.bench_cpu                  # full default relight (25 steps, 512x640, highres 1.5)
+    python -m bench.bench_cpu --steps 4        # quicker, same sizes
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 RECIPES = ("reference", "ours")
 MATMUL_N = 2048  # square matmul size for the peak-throughput probe
@@ -51,10 +49,10 @@ def write_full_size_model(folder: Path) -> Path:
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from safetensors.torch import save_file
-    from tiny_models import make_offset, save_sd15_folder
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from core.loading import Variant
+    from core.models.loading import Variant
+    from core.models.synthetic import make_offset, save_sd15_folder
 
     done = folder / "DONE"
     if done.exists():
@@ -138,11 +136,11 @@ def worker(recipe: str, folder: Path, width: int, height: int, steps: int, unet_
     import numpy as np
     import torch
 
-    from core.devices import Placement, kept_heap, resolve_placement
-    from core.manager import ModelManager, ModelSettings
+    from core.models.devices import Placement, kept_heap, resolve_placement
+    from core.models.manager import ModelManager, ModelSettings
     from core.params import RelightParams
-    from core.pipeline import relight
-    from core.prompt import encode_prompt_pair
+    from core.recipe.pipeline import relight
+    from core.recipe.prompt_encoding import encode_prompt_pair
 
     settings = ModelSettings(base_model=str(folder / "base"), models_dir=folder / "models", device="cpu",
                              dtype="fp32" if recipe == "reference" else "auto", download=False)  # fmt: skip
@@ -241,20 +239,19 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads")
     # Written in a child process so this parent stays small (children would otherwise inherit its footprint).
-    subprocess.run([sys.executable, "-c", f"import sys; sys.path[:0] = {[str(ROOT), str(ROOT / 'tests')]!r}; "
-                    f"from bench.bench_cpu import write_full_size_model as w; from pathlib import Path; "
-                    f"w(Path({str(args.cache_dir)!r}))"], check=True)  # fmt: skip
+    subprocess.run([sys.executable, "-c", "from bench.bench_cpu import write_full_size_model as w; "
+                    f"from pathlib import Path; w(Path({str(args.cache_dir)!r}))"], check=True, cwd=ROOT)  # fmt: skip
     peak = matmul_peak()
     flops = count_unet_flops(args.width, args.height)
     print(f"matmul peak ({MATMUL_N}^3): bf16 {peak['bf16']:.2f} TFLOP/s, fp32 {peak['fp32']:.2f} TFLOP/s")
     results = {}
     for recipe in args.recipes.split(","):
-        cmd = [sys.executable, __file__, "--worker", recipe, "--width", str(args.width), "--height",
+        cmd = [sys.executable, "-m", "bench.bench_cpu", "--worker", recipe, "--width", str(args.width), "--height",
                str(args.height), "--steps", str(args.steps), "--unet-steps", str(args.unet_steps), "--cache-dir",
                str(args.cache_dir)] + (["--no-e2e"] if args.no_e2e else [])  # fmt: skip
-        # The reference keeps glibc's allocator defaults, as the official demo runs; ours tunes it (core/devices.py).
+        # The reference keeps glibc's allocator defaults, as the official demo runs; ours tunes it (core.accel).
         env = {**os.environ, "ICLIGHT_CPU_ALLOCATOR": "system" if recipe == "reference" else "tuned"}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if proc.returncode or line is None:
             sys.exit(f"{recipe} failed:\n{proc.stderr[-3000:]}")

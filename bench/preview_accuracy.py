@@ -6,21 +6,16 @@ scene rendered under the target light. Baselines from the same run: the unchange
 multiplied by the light's gradient (the fc initial-latent image). For reference, a naive relighter that shades
 the inflated silhouette but ignores the source light is printed too.
 
-Run: python bench/preview_accuracy.py
+Run: python -m bench.preview_accuracy
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import numpy as np  # noqa: E402
 
 from bench.scenes import SCENES, render  # noqa: E402
-from core.lights import Light, fc_initial_image  # noqa: E402
-from core.preview import GAMMA, estimate_normals, preview_relight, shade  # noqa: E402
+from core.lighting.lights import Light, fc_initial_image  # noqa: E402
+from core.lighting.preview import GAMMA, estimate_normals, preview_relight, shade  # noqa: E402
 
 SIZE = 384  # output size of each rendered scene
 TARGET_GAIN_DB = 6.0  # the preview must beat the better baseline by this much on average

@@ -1,24 +1,20 @@
 """Preview relighter speed: median wall time for a 1-megapixel image, with and without a background.
 
-Run: python bench/preview_speed.py
+Run: python -m bench.preview_speed
 """
 
 from __future__ import annotations
 
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.scenes import render, textured_blob  # noqa: E402
-from core.lights import Light  # noqa: E402
-from core.preview import preview_relight  # noqa: E402
+from core.lighting.lights import Light  # noqa: E402
+from core.lighting.preview import preview_relight  # noqa: E402
 
 SIDE = 1024  # 1024 x 1024 = 1.05 megapixels
 SCENE_SIZE = 256  # rendered small, then enlarged: the content does not change the cost

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from core.lights import Light
-from core.preview import GAMMA, MAX_SOFT_ANGLE_DEG
+from core.lighting.lights import Light
+from core.lighting.preview import GAMMA, MAX_SOFT_ANGLE_DEG
 
 SUPERSAMPLE = 2  # scenes are built at 2x and box-filtered down, so the matte has anti-aliased edges
 CAP_SAMPLES = 64  # directions sampled on the disc light; brute force on purpose, independent of core's table

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ICLightError, InvalidParameterError
-from core.lights import NAMED_AZIMUTHS, Light
-from core.loading import Variant
-from core.manager import add_model_flags, settings_from_flags
+from core.lighting.lights import NAMED_AZIMUTHS, Light
+from core.models.loading import Variant
+from core.models.manager import add_model_flags, settings_from_flags
 from core.params import MODE_DEFAULTS, BGSource, Matting, Mode, RelightParams, Sampler, Upscale
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -50,26 +50,51 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+# Subcommands defined next to the function they expose: each module has `register(sub)`, which adds its parser and
+# sets `run` (a function of the parsed arguments returning the exit code). Imported when the parser is built, so
+# these modules import nothing heavy at the top.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's argument parser (every flag documented in README.md)."""
+    import importlib
+
     parser = _Parser(prog="python -m core", description="IC-Light relighting from the command line.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     r = sub.add_parser("relight", help="relight a foreground image; writes PNGs and prints their paths")
     r.add_argument("--fg", type=Path, help="foreground image (PNG, JPEG, WebP); PNG/WebP alpha is used as matte")
-    r.add_argument("--prompt", help="subject and lighting description, e.g. 'beautiful woman, sunset over sea'")
     r.add_argument("--out", "--outputs-dir", dest="out", type=Path, help="folder for the results (created)")
-    r.add_argument("--mode", choices=[m.value for m in Mode], help="fc: text+foreground (default); fbc: +background")
-    r.add_argument("--variant", choices=[v.value for v in Variant], help="weights: fc (default), fcon, fbc")
     r.add_argument("--engine", choices=("diffusion", "preview"), default="diffusion",
                    help="diffusion: IC-Light; preview: instant classical relight, no weights needed")  # fmt: skip
     r.add_argument("--bg", type=Path, help="background image (fbc with --bg-source upload/flip; preview backdrop)")
+    r.add_argument("--light-map", type=Path, help="image used as the fc initial latent instead of a gradient")
+    add_relight_flags(r)
+    r.add_argument("--from-png", type=Path, help="re-run with the parameters stored in a result PNG")
+    add_model_flags(r)
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(run=run_relight)
+
+    s = sub.add_parser("suggest", help="print three lighting suggestions for an image as JSON")
+    s.add_argument("--image", type=Path, required=True, help="image to suggest lighting for")
+    s.add_argument("--mood", help="optional mood, e.g. dramatic, warm, cinematic, calm, mysterious")
+    s.set_defaults(run=run_suggest)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def add_relight_flags(r: argparse.ArgumentParser) -> None:
+    """The flags that set RelightParams (shared by `relight` and every command that relights)."""
+    r.add_argument("--prompt", help="subject and lighting description, e.g. 'beautiful woman, sunset over sea'")
+    r.add_argument("--mode", choices=[m.value for m in Mode], help="fc: text+foreground (default); fbc: +background")
+    r.add_argument("--variant", choices=[v.value for v in Variant], help="weights: fc (default), fcon, fbc")
     r.add_argument("--light", help="none, left, right, top, bottom, or an azimuth in degrees (0 = from the right)")
     r.add_argument("--elevation", type=float, help="light elevation in degrees (0 = grazing, 90 = from camera)")
     r.add_argument("--light-color", help="light colour as hex, e.g. '#ffb070'")
     r.add_argument("--light-intensity", type=float, help="light intensity 0..2 (default 1)")
     r.add_argument("--ambient", type=float, help="ambient light 0..1 (default 0)")
-    r.add_argument("--light-map", type=Path, help="image used as the fc initial latent instead of a gradient")
     r.add_argument("--bg-source", choices=[b.value for b in BGSource], help="fbc background condition")
     r.add_argument("--width", type=int, help="low-res width, multiple of 8 (default 512)")
     r.add_argument("--height", type=int, help="low-res height, multiple of 8 (default 640)")
@@ -90,14 +115,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--detail-radius", type=float, help="detail blur radius in px at 512 px (default 5)")
     r.add_argument("--preserve-color", type=float, help="0..1: pull colours toward the original (default 0)")
     r.add_argument("--upscale", choices=[u.value for u in Upscale], help="Real-ESRGAN upscaling (default off)")
-    r.add_argument("--from-png", type=Path, help="re-run with the parameters stored in a result PNG")
-    add_model_flags(r)
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
-
-    s = sub.add_parser("suggest", help="print three lighting suggestions for an image as JSON")
-    s.add_argument("--image", type=Path, required=True, help="image to suggest lighting for")
-    s.add_argument("--mood", help="optional mood, e.g. dramatic, warm, cinematic, calm, mysterious")
-    return parser
 
 
 def parse_light(args: argparse.Namespace, base: Light | None) -> tuple[Light | None, bool]:
@@ -130,7 +147,7 @@ def params_from_args(args: argparse.Namespace) -> RelightParams:
     """Build validated RelightParams: --from-png values, then mode defaults, then explicit flags."""
     values: dict[str, Any] = {}
     if args.from_png is not None:
-        from core.outputs import read_params
+        from core.imaging.outputs import read_params
 
         values = read_params(args.from_png).to_dict()
         values.pop("extra", None)
@@ -184,7 +201,7 @@ def _png_variant(path: Path) -> str | None:
     """The IC-Light variant a result PNG was made with (None when it does not say), so --from-png reruns it."""
     import json
 
-    from core.outputs import MODEL_KEY, read_png_text
+    from core.imaging.outputs import MODEL_KEY, read_png_text
 
     try:
         return json.loads(read_png_text(path).get(MODEL_KEY, "{}")).get("variant")
@@ -206,7 +223,7 @@ def _check_out_dir(out: Path) -> None:
 
 def run_relight(args: argparse.Namespace) -> int:
     """The `relight` command."""
-    from core.manager import ModelManager
+    from core.models.manager import ModelManager
     from core.service import Relighter
 
     if args.fg is None:
@@ -250,8 +267,8 @@ def run_relight(args: argparse.Namespace) -> int:
 
 def run_suggest(args: argparse.Namespace) -> int:
     """The `suggest` command."""
-    from core.images import load_image
-    from core.suggest import result_to_json, suggest_lighting
+    from core.imaging.inputs import load_image
+    from core.lighting.suggest import result_to_json, suggest_lighting
 
     if not args.image.is_file():
         raise InvalidParameterError(f"--image {args.image} does not exist or is not a file")
@@ -270,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     _quiet_libraries()
     try:
-        return run_relight(args) if args.command == "relight" else run_suggest(args)
+        return args.run(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -9,7 +9,7 @@ from enum import Enum
 from typing import Any
 
 from core.errors import InvalidParameterError
-from core.lights import Light
+from core.lighting.lights import Light
 
 MAX_SEED = 2**32 - 1
 MIN_SIDE, MAX_SIDE = 64, 2048

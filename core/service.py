@@ -14,15 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from core.devices import explain_out_of_memory
 from core.errors import InvalidParameterError
-from core.images import LoadedImage, load_image
-from core.lights import Light
-from core.loading import Variant
-from core.manager import ModelManager
-from core.matting import NORMAL_SIGMA, Matter, MattingResult
+from core.finishing.matting import NORMAL_SIGMA, Matter, MattingResult
+from core.imaging.inputs import LoadedImage, load_image
+from core.lighting.lights import Light
+from core.models.devices import explain_out_of_memory
+from core.models.loading import Variant
+from core.models.manager import ModelManager
 from core.params import Matting, Mode, RelightParams, Upscale
-from core.sampling import StepCallback
+from core.recipe.sampling import StepCallback
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +88,8 @@ class Relighter:
     @property
     def upscaler(self):
         if self._upscaler is None:
-            from core.loading import offline_mode
-            from core.upscale import Upscaler
+            from core.finishing.upscale import Upscaler
+            from core.models.loading import offline_mode
 
             allow = self.manager.settings.download and not offline_mode()
             self._upscaler = Upscaler(
@@ -115,7 +115,7 @@ class Relighter:
         save: bool = True,
     ) -> RelightOutcome:
         """Run a full relight: matting, IC-Light sampling, optional restoration and upscaling, saving."""
-        from core.pipeline import relight
+        from core.recipe.pipeline import relight
 
         started = time.perf_counter()
         # 1. Validate and load inputs
@@ -153,7 +153,7 @@ class Relighter:
         self, image: np.ndarray, original: np.ndarray, matte: np.ndarray, params: RelightParams, notices: list[str]
     ) -> np.ndarray:
         """Detail restoration, colour preservation and upscaling, in that order."""
-        from core.restore import preserve_color, restore_details
+        from core.finishing.restore import preserve_color, restore_details
 
         if params.restore_details:
             image = restore_details(image, original, matte, radius=params.detail_radius)
@@ -170,7 +170,7 @@ class Relighter:
         self, images: list[np.ndarray], params: RelightParams, stem: str = "iclight", with_model: bool = True
     ) -> list[Path]:
         """Write each image as a PNG with its parameters (and the model that made it); never overwrites."""
-        from core.outputs import MODEL_KEY, save_result
+        from core.imaging.outputs import MODEL_KEY, save_result
 
         assert self.outputs_dir is not None
         name, extra = f"{stem}_{params.mode.value}", {}
@@ -185,7 +185,7 @@ class Relighter:
         self, foreground, light: Light, params: RelightParams | None = None, background=None
     ) -> tuple[np.ndarray, MattingResult]:
         """The instant classical relight (no weights) of the matted subject under `light`."""
-        from core.preview import preview_relight
+        from core.lighting.preview import preview_relight
 
         params = params or RelightParams(matting=Matting.RMBG)
         fg = as_loaded(foreground, "foreground")
@@ -195,7 +195,7 @@ class Relighter:
         bg = as_loaded(background, "background")
         bg_rgb = None
         if bg is not None:
-            from core.imageops import resize_and_center_crop
+            from core.imaging.convert import resize_and_center_crop
 
             h, w = fg.rgb.shape[:2]
             bg_rgb = resize_and_center_crop(bg.rgb, w, h)
@@ -215,8 +215,8 @@ class Relighter:
         """
         from dataclasses import replace
 
-        from core.normals import NORMAL_LIGHTS, compute_normals
-        from core.pipeline import planned_steps, relight
+        from core.finishing.normals import NORMAL_LIGHTS, compute_normals
+        from core.recipe.pipeline import planned_steps, relight
 
         fg = as_loaded(foreground, "foreground")
         if fg is None:

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app_settings import AppSettings
-from core.manager import ModelManager, ModelSettings
+from core.lighting.suggest import ENV_API_KEY, ENV_BASE_URL, SuggestConfig
+from core.models.manager import ModelManager, ModelSettings
 from core.service import Relighter
-from core.suggest import ENV_API_KEY, ENV_BASE_URL, SuggestConfig
+from ui.settings import AppSettings
 
 SUBJECT_SIZE = 256
 

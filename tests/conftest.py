@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -22,16 +21,15 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tiny_models import write_base_model, write_offsets  # noqa: E402
+from core.models.synthetic import write_base_model, write_offsets  # noqa: E402
 
 
 @pytest.fixture
 def native_cache(monkeypatch, tmp_path):
     """A private build folder for the native kernels, with their cached loaders cleared before and after."""
-    from core import cpu_attention, cpu_ops
+    from core.accel import attention as cpu_attention
+    from core.accel import norms as cpu_ops
 
     monkeypatch.setenv(cpu_attention.CACHE_ENV, str(tmp_path / "cache"))
     loaders = (cpu_attention.load_kernel, cpu_ops.load_ops)
@@ -67,7 +65,7 @@ def tiny_paths(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def tiny_settings(tiny_paths):
-    from core.manager import ModelSettings
+    from core.models.manager import ModelSettings
 
     return ModelSettings(
         base_model=str(tiny_paths["base"]), models_dir=tiny_paths["models"], device="cpu", dtype="fp32", download=False
@@ -76,7 +74,7 @@ def tiny_settings(tiny_paths):
 
 @pytest.fixture(scope="session")
 def manager(tiny_settings):
-    from core.manager import ModelManager
+    from core.models.manager import ModelManager
 
     return ModelManager(tiny_settings)
 

@@ -15,32 +15,22 @@ import numpy as np
 import pytest
 from app_testing import CountingRelighter, subject_image, tiny_model_settings
 
-import app_settings
-from app_common import set_lighting, set_prompt, set_subject
-from app_engine import (
-    CUSTOM_LIGHT,
-    FBC_CHOICES,
-    FC_CHOICES,
-    JobDone,
-    PreviewEngine,
-    choice_after_move,
-    params_from_values,
-    status_line,
-    stream_job,
-    values_from_params,
-)
-from app_handlers import PAD_SIZE, AppHandlers
-from app_settings import AppSettings, build_parser, settings_from_args
+import ui.settings as app_settings
 from core.errors import CancelledError, InvalidParameterError
-from core.lightpad import pad_position
-from core.lights import Light
-from core.loading import Variant
-from core.manager import ModelManager
-from core.outputs import save_result
+from core.imaging.outputs import save_result
+from core.lighting.lightpad import pad_position
+from core.lighting.lights import Light
+from core.lighting.suggest import NOTICE_NOT_CONFIGURED
+from core.models.loading import Variant
+from core.models.manager import ModelManager
 from core.params import BGSource, Matting, Mode, RelightParams
-from core.sampling import StepInfo
+from core.recipe.sampling import StepInfo
 from core.service import Relighter
-from core.suggest import NOTICE_NOT_CONFIGURED
+from ui.form import CUSTOM_LIGHT, FBC_CHOICES, FC_CHOICES, choice_after_move, params_from_values, values_from_params
+from ui.handlers import PAD_SIZE, AppHandlers
+from ui.jobs import JobDone, PreviewEngine, status_line, stream_job
+from ui.page import set_lighting, set_prompt, set_subject
+from ui.settings import AppSettings, build_parser, settings_from_args
 
 PAD = {"azimuth": 30.0, "elevation": 20.0, "light_color": "#ffcc88", "light_intensity": 1.5, "ambient": 0.25}
 PAD_LIGHT = Light(azimuth=30.0, elevation=20.0, color="#ffcc88", intensity=1.5, ambient=0.25)
@@ -71,7 +61,7 @@ def test_defaults_without_environment(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     settings = AppSettings.from_env()
     assert (settings.queue_size, settings.concurrency, settings.port, settings.share) == (20, 1, None, False)
-    assert settings.outputs_dir == Path(app_settings.__file__).resolve().parent / "outputs"
+    assert settings.outputs_dir == Path(app_settings.__file__).resolve().parent.parent / "outputs"
 
 
 def test_flags_override_the_environment(monkeypatch, tmp_path):
@@ -194,7 +184,7 @@ def test_moving_the_light_picks_the_matching_choice():
 )
 def test_settings_from_a_result_png_restore_the_same_parameters(params, tmp_path):
     path = save_result(np.zeros((8, 8, 3), np.uint8), params, tmp_path)
-    from core.outputs import read_params
+    from core.imaging.outputs import read_params
 
     values, notes = values_from_params(params.mode, read_params(path))
     assert notes == [] and values["randomize_seed"] is False

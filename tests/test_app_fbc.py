@@ -9,11 +9,11 @@ from app_testing import background_image, image_size, read_rgb, start_app, subje
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
-from app_handlers import NORMAL_CAPTIONS
-from core.lights import Light
-from core.outputs import read_params
+from core.imaging.outputs import read_params
+from core.lighting.lights import Light
 from core.params import BGSource, RelightParams
 from gradio_fbc import create_demo
+from ui.handlers import NORMAL_CAPTIONS
 
 FAST = {"steps": 2, "highres_scale": 1.0, "matting": "none", "width": 256, "height": 256}
 JOB_TIMEOUT_S = 120

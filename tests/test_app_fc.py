@@ -20,8 +20,8 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from core.errors import CancelledError
-from core.lights import Light
-from core.outputs import read_params
+from core.imaging.outputs import read_params
+from core.lighting.lights import Light
 from core.params import RelightParams
 from gradio_fc import create_demo
 

@@ -10,7 +10,7 @@ import pytest
 from app_testing import start_app
 
 from core.errors import CancelledError
-from core.prompt_text import replace_lighting
+from core.lighting.prompt_words import replace_lighting
 from db_examples import fc_examples
 from gradio_fc import create_demo
 

@@ -14,7 +14,7 @@ from conftest import ROOT
 from PIL import Image
 
 from core.cli import main
-from core.outputs import MODEL_KEY, read_params, read_png_text
+from core.imaging.outputs import MODEL_KEY, read_params, read_png_text
 
 FAST = ["--width", "64", "--height", "64", "--steps", "2", "--highres-scale", "1", "--quiet"]
 
@@ -199,7 +199,7 @@ import sys, torch
 calls = []
 torch.cuda.is_available = lambda: calls.append("cuda.is_available") or False
 torch.accelerator.is_available = lambda *a: calls.append("accelerator.is_available") or False
-import core.cli, core.manager, core.pipeline, core.service
+import core.cli, core.models.manager, core.recipe.pipeline, core.service
 heavy = [m for m in ("diffusers", "transformers", "gradio") if m in sys.modules]
 print(calls, heavy, torch.cuda.is_initialized())
 """

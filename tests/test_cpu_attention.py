@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core import cpu_attention
-from core.cpu_attention import (
+from core.accel import attention as cpu_attention
+from core.accel.attention import (
     AmxAttention,
     Bf16Attention,
     CPUAttnProcessor,
@@ -190,7 +190,7 @@ def test_attend_takes_sdpa_for_a_non_positive_scale():
 def test_kernel_leaves_torch_amx_kernels_alone(kernel):
     """The kernel runs on PyTorch's OpenMP threads and puts back the tile configuration oneDNN left there (oneDNN
     skips reconfiguring when it thinks its palette is loaded): oneDNN's AMX matmuls and SDPA give the same answers."""
-    from core.cpu_fusion import PackedLinear
+    from core.accel.fusion import PackedLinear
 
     assert kernel.team is not None  # PyTorch's libgomp is found on Linux
     gen = torch.Generator().manual_seed(1)
@@ -392,7 +392,7 @@ def test_install_reports_sdpa_without_touching_the_unet(fresh_loader, monkeypatc
 
 @needs_a_kernel
 def test_manager_uses_the_kernel_for_bf16_cpu(tiny_paths):
-    from core.manager import ModelManager, ModelSettings
+    from core.models.manager import ModelManager, ModelSettings
 
     settings = ModelSettings(base_model=str(tiny_paths["base"]), models_dir=tiny_paths["models"], device="cpu",
                              dtype="bf16", download=False)  # fmt: skip

@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core import cpu_attention, cpu_fusion
-from core.cpu_fusion import (
+from core.accel import attention as cpu_attention
+from core.accel import fusion as cpu_fusion
+from core.accel.fusion import (
     FusedGEGLU,
     FusedResnetBlock2D,
     FusedTransformer2D,
@@ -295,9 +296,9 @@ def test_manager_fuses_bf16_cpu_and_relights(tiny_paths, fg_image, bg_image):
     """The bf16 CPU placement loads the fused UNet through the real loader, and a relight runs end to end on it."""
     if cpu_fusion.unavailable_reason(torch.bfloat16):
         pytest.skip(f"bf16 fusion unavailable here: {cpu_fusion.unavailable_reason(torch.bfloat16)}")
-    from core.manager import ModelManager, ModelSettings
+    from core.models.manager import ModelManager, ModelSettings
     from core.params import RelightParams
-    from core.pipeline import relight
+    from core.recipe.pipeline import relight
 
     settings = ModelSettings(base_model=str(tiny_paths["base"]), models_dir=tiny_paths["models"], device="cpu",
                              dtype="bf16", download=False)  # fmt: skip
@@ -429,7 +430,7 @@ def test_shared_batch_needs_one_timestep():
 
 def test_concat_unet_shares_only_identical_batches():
     """ConcatConditionedUNet hands the UNet a stride-0 batch only when asked to and when every item is the same."""
-    from core.sampling import ConcatConditionedUNet
+    from core.recipe.sampling import ConcatConditionedUNet
 
     seen = []
 
@@ -565,8 +566,8 @@ def test_manager_keeps_injected_vae_as_given(tiny_paths):
         pytest.skip(f"bf16 fusion unavailable here: {cpu_fusion.unavailable_reason(torch.bfloat16)}")
     from diffusers import UNet2DConditionModel
 
-    from core.loading import load_base_components
-    from core.manager import ModelManager, ModelSettings
+    from core.models.loading import load_base_components
+    from core.models.manager import ModelManager, ModelSettings
 
     base = load_base_components(str(tiny_paths["base"]))
     settings = ModelSettings(base_model="in-memory", models_dir=tiny_paths["models"], device="cpu", dtype="bf16",

@@ -9,8 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core import cpu_attention, cpu_fusion, cpu_ops
-from core.cpu_ops import NativeOps, load_ops
+from core.accel import attention as cpu_attention
+from core.accel import fusion as cpu_fusion
+from core.accel import norms as cpu_ops
+from core.accel.norms import NativeOps, load_ops
 
 RUNS_HERE = all(flag in cpu_ops.cpu_flags() for flag in NativeOps.CPU_FLAGS)
 needs_ops = pytest.mark.skipif(not RUNS_HERE, reason="this CPU has no AVX512-BF16, so the native ops cannot run here")
@@ -208,7 +210,7 @@ def test_fused_unet_runs_its_norms_on_the_ops(ops, monkeypatch):
 
 def test_manager_reports_the_norms(tiny_paths):
     """The status line says who runs the norms of a bf16 CPU UNet."""
-    from core.manager import ModelManager, ModelSettings
+    from core.models.manager import ModelManager, ModelSettings
 
     if cpu_fusion.unavailable_reason(torch.bfloat16):
         pytest.skip(f"bf16 fusion unavailable here: {cpu_fusion.unavailable_reason(torch.bfloat16)}")

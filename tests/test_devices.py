@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from core import devices
-from core.devices import cpu_has_native_bf16, resolve_placement
 from core.errors import InvalidParameterError
+from core.models import devices
+from core.models.devices import cpu_has_native_bf16, resolve_placement
 
 
 def test_cpu_auto_uses_bf16_only_with_native_units():
@@ -97,7 +97,7 @@ def test_low_vram_is_ignored_on_cpu():
 
 FAULT_PROBE = """
 import resource, torch
-from core.devices import kept_heap
+from core.models.devices import kept_heap
 with kept_heap() as mode:
     start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for i in range(30):  # a UNet-like churn of 40-60 MB bf16 activations, over glibc's 32 MB memory-map threshold

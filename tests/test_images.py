@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from core.errors import InvalidParameterError
-from core.images import ImageLimits, LoadedImage, load_image
+from core.imaging.inputs import ImageLimits, LoadedImage, load_image
 
 EXIF_ORIENTATION = 0x0112
 ROTATE_90_CW = 6  # EXIF orientation: the stored image must be turned 90 degrees clockwise to be upright

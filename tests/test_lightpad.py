@@ -1,4 +1,4 @@
-"""Tests for core.lightpad: clicks on the lit sphere map to (azimuth, elevation) and back, and the drawing agrees."""
+"""Tests for core.lighting.lightpad: clicks on the lit sphere map to (azimuth, elevation) and back."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from core.errors import InvalidParameterError
-from core.lightpad import PAD_BACKGROUND, light_from_pad_click, pad_geometry, pad_position, render_light_pad
-from core.lights import Light
+from core.lighting.lightpad import PAD_BACKGROUND, light_from_pad_click, pad_geometry, pad_position, render_light_pad
+from core.lighting.lights import Light
 
 SIZE = 200
 

@@ -1,4 +1,4 @@
-"""Tests for core.lights: the official gradients, custom angles and colours, light maps, validation."""
+"""Tests for core.lighting.lights: the official gradients, custom angles and colours, light maps, validation."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from core.errors import InvalidParameterError
-from core.lights import (
+from core.lighting.lights import (
     Light,
     fbc_background,
     fc_initial_image,

@@ -9,10 +9,9 @@ import struct
 import pytest
 import torch
 from safetensors.torch import save_file
-from tiny_models import build_components, make_offset
 
 from core.errors import CorruptWeightsError, IncompatibleModelError, InvalidParameterError, WeightsNotFoundError
-from core.loading import (
+from core.models.loading import (
     Variant,
     check_offset_variant,
     classify_base_source,
@@ -20,8 +19,9 @@ from core.loading import (
     ensure_iclight_weights,
     load_base_components,
 )
-from core.manager import ModelManager, ModelSettings
-from core.weights import build_iclight_unet, read_offset
+from core.models.manager import ModelManager, ModelSettings
+from core.models.synthetic import build_components, make_offset
+from core.models.weights import build_iclight_unet, read_offset
 
 
 @pytest.fixture()

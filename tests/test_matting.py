@@ -14,8 +14,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from core.errors import CorruptWeightsError, IncompatibleModelError, InvalidParameterError, WeightsNotFoundError
-from core.images import LoadedImage
-from core.matting import Matter, composite_on_grey, grabcut_matte, load_matting_model
+from core.finishing.matting import Matter, composite_on_grey, grabcut_matte, load_matting_model
+from core.imaging.inputs import LoadedImage
 from core.params import Matting
 
 RED, BLUE = (220, 30, 30), (30, 40, 220)
@@ -430,7 +430,7 @@ def test_birefnet_loaded_from_env_override(tmp_path, monkeypatch):
 def test_post_init_model_loads_through_from_pretrained(tmp_path, caplog):
     # Its own folder name: transformers keys remote classes by the config class, which is per folder name + code.
     folder = write_rmbg(tmp_path / "RMBG-post-init", post_init=True)
-    with caplog.at_level(logging.INFO, logger="core.matting"):
+    with caplog.at_level(logging.INFO, logger="core.finishing.matting"):
         model = load_matting_model(str(folder))
     assert "constructing it directly" not in caplog.text
     torch.testing.assert_close(model.side1.weight.flatten(), torch.tensor([GAIN, 0.0, -GAIN]))

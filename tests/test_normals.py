@@ -1,4 +1,4 @@
-"""Tests for core.normals: the official 'Compute Normal' maths on rendered spheres and on random data."""
+"""Tests for core.finishing.normals: the official 'Compute Normal' maths on rendered spheres and on random data."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from official_reference import normal_gallery
 
 from core.errors import InvalidParameterError
-from core.normals import (
+from core.finishing.normals import (
     DEFAULT_SIGMA,
     NORMAL_LIGHTS,
     compute_normals,

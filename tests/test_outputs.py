@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import core.outputs as outputs
+import core.imaging.outputs as outputs
 from core.errors import InvalidParameterError
-from core.lights import Light
-from core.outputs import PARAMETERS_KEY, PARAMS_KEY, read_params, read_png_text, save_result
+from core.imaging.outputs import PARAMETERS_KEY, PARAMS_KEY, read_params, read_png_text, save_result
+from core.lighting.lights import Light
 from core.params import BGSource, Matting, Mode, RelightParams, Sampler, Upscale
 
 OPENAI_KEY = "sk-proj-Abc123Def456Ghi789Jkl012Mno345"

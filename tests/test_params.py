@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.errors import InvalidParameterError
-from core.lights import Light
+from core.lighting.lights import Light
 from core.params import BGSource, Mode, RelightParams, Sampler
 
 

@@ -9,9 +9,9 @@ import pytest
 from official_reference import OfficialDemo
 
 from core.errors import CancelledError, IncompatibleModelError, InvalidParameterError
-from core.lights import Light
+from core.lighting.lights import Light
 from core.params import BGSource, RelightParams, Sampler
-from core.pipeline import planned_steps, relight
+from core.recipe.pipeline import planned_steps, relight
 
 FC_LIGHTS = [(None, "None"), (Light.named("left"), "Left Light"), (Light.named("top"), "Top Light")]
 

@@ -1,4 +1,4 @@
-"""Tests for core.preview: the weight-free relighter on synthetic scenes with known albedo and normals."""
+"""Tests for core.lighting.preview: the weight-free relighter on synthetic scenes with known albedo and normals."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from bench.preview_accuracy import gradient_baseline, masked_psnr
 from bench.scenes import Scene, irradiance, render, sphere, textured_blob, true_normals
 from core.errors import InvalidParameterError
-from core.lights import Light
-from core.preview import (
+from core.lighting.lights import Light
+from core.lighting.preview import (
     MAX_PIXELS,
     MAX_SOFT_ANGLE_DEG,
     disc_lambert,

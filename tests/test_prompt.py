@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.prompt import CLIP_CHUNK, encode_prompt_pair, prompt_chunks
+from core.recipe.prompt_encoding import CLIP_CHUNK, encode_prompt_pair, prompt_chunks
 
 
 @pytest.fixture(scope="module")

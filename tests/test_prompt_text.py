@@ -1,10 +1,10 @@
-"""Tests for core/prompt_text.py: swapping the lighting part of a prompt and cleaning model phrases."""
+"""Tests for core/lighting/prompt_words.py: swapping the lighting part of a prompt and cleaning model phrases."""
 
 from __future__ import annotations
 
 import pytest
 
-from core.prompt_text import MAX_LIGHTING_WORDS, clean_lighting, lighting_key, replace_lighting, split_items
+from core.lighting.prompt_words import MAX_LIGHTING_WORDS, clean_lighting, lighting_key, replace_lighting, split_items
 
 
 def _official(prompt: str, lighting: str) -> str:

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from core.errors import InvalidParameterError
-from core.imageops import resize_and_center_crop as cover_crop
-from core.restore import preserve_color, restore_details
+from core.finishing.restore import preserve_color, restore_details
+from core.imaging.convert import resize_and_center_crop as cover_crop
 
 ORIG_W, ORIG_H = 400, 300  # landscape input ...
 RELIT_W, RELIT_H = 256, 320  # ... relit as a portrait, so cover-crop alignment matters

@@ -9,10 +9,10 @@ from official_reference import OfficialDemo
 from PIL import Image
 
 from core.errors import DeviceMemoryError, InvalidParameterError
-from core.lights import Light
-from core.manager import ModelManager
-from core.matting import Matter
-from core.outputs import read_params
+from core.finishing.matting import Matter
+from core.imaging.outputs import read_params
+from core.lighting.lights import Light
+from core.models.manager import ModelManager
 from core.params import Matting, RelightParams, Upscale
 from core.service import Relighter
 
@@ -99,12 +99,12 @@ def test_normals_match_official_process_normal(relighter, rgba_png, bg_image):
 
 
 def test_out_of_memory_says_what_to_change(relighter, fg_image, bg_image, monkeypatch):
-    import core.pipeline
+    import core.recipe.pipeline
 
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
 
-    monkeypatch.setattr(core.pipeline, "relight", oom)
+    monkeypatch.setattr(core.recipe.pipeline, "relight", oom)
     expected = (r"cpu ran out of memory relighting 2 image\(s\) at 64x64 \(high-res 64x64\): try --low-vram .*"
                 r"fewer images or a smaller size \(CUDA out of memory\. Tried to allocate 2\.00 GiB\)$")  # fmt: skip
     with pytest.raises(DeviceMemoryError, match=expected):
@@ -116,7 +116,7 @@ def test_out_of_memory_says_what_to_change(relighter, fg_image, bg_image, monkey
     def other(*args, **kwargs):
         raise RuntimeError("a real bug")
 
-    monkeypatch.setattr(core.pipeline, "relight", other)
+    monkeypatch.setattr(core.recipe.pipeline, "relight", other)
     with pytest.raises(RuntimeError, match="a real bug"):
         relighter.relight(fg_image, fast(), save=False)
 

@@ -8,9 +8,9 @@ from safetensors import safe_open
 from single_file import CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, write_single_file_checkpoint
 from transformers import CLIPTokenizer
 
-from core.loading import Variant, load_base_components
-from core.manager import ModelManager, ModelSettings
-from core.weights import read_offset
+from core.models.loading import Variant, load_base_components
+from core.models.manager import ModelManager, ModelSettings
+from core.models.weights import read_offset
 
 # Keys every SD 1.5 checkpoint has; diffusers' own single-file detection looks for the CLIP one.
 LDM_LANDMARKS = (
@@ -102,7 +102,7 @@ def test_manager_relights_from_a_single_file_base(ckpt, tiny_paths, originals, m
 
 def test_offline_single_file_without_cached_config_says_what_to_set(tmp_path, tiny_paths, monkeypatch):
     from core.errors import WeightsNotFoundError
-    from core.loading import load_base_components
+    from core.models.loading import load_base_components
 
     monkeypatch.delenv("ICLIGHT_SINGLE_FILE_CONFIG", raising=False)
     ckpt = write_single_file_checkpoint(tiny_paths["base"], tmp_path / "model.safetensors")

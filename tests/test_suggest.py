@@ -1,4 +1,4 @@
-"""Tests for core/suggest.py, against a real Chat Completions server on loopback and the offline suggester."""
+"""Tests for core/lighting/suggest.py, against a real Chat Completions server on loopback and the offline suggester."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ import pytest
 from PIL import Image
 
 from core.errors import InvalidParameterError
-from core.lights import Light, parse_hex_color
-from core.prompt_text import lighting_key
-from core.suggest import (
+from core.lighting.lights import Light, parse_hex_color
+from core.lighting.prompt_words import lighting_key
+from core.lighting.suggest import (
     DEFAULT_MODEL,
     MOODS,
     NOTICE_NOT_CONFIGURED,
@@ -38,7 +38,7 @@ from core.suggest import (
     suggest_json,
     suggest_lighting,
 )
-from core.suggest_offline import LIGHTING_PRESETS
+from core.lighting.suggest_classic import LIGHTING_PRESETS
 
 SECRET = "sk-test-DO-NOT-LEAK-0123456789abcdef"
 SIZE = (96, 80)  # (height, width) of the test images: small keeps every test fast

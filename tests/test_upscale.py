@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from core.errors import CorruptWeightsError, IncompatibleModelError, InvalidParameterError, WeightsNotFoundError
+from core.finishing.upscale import HUB_REPO, WEIGHTS_FILE, Upscaler, lanczos, upscale_tiled
 from core.params import Upscale
-from core.upscale import HUB_REPO, WEIGHTS_FILE, Upscaler, lanczos, upscale_tiled
 
 TEST_BLOCKS = 1  # the real file has 23; one keeps the tests fast and spandrel still detects x4plus
 SEAM_TOLERANCE = 2  # /255: tiled vs untiled

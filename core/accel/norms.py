@@ -7,7 +7,7 @@ memory, in fp32, rounded to bf16 once:
 - `group_norm`: GroupNorm on channels-last activations, with the resnets' SiLU in the same pass;
 - `layer_norm`: LayerNorm over the last dimension (the transformer blocks' three norms).
 
-Like the attention kernels (`core/cpu_attention.py`) it is compiled with the system C compiler into the cache
+Like the attention kernels (`core/accel/attention.py`) it is compiled with the system C compiler into the cache
 folder, checked against PyTorch before use, runs on PyTorch's OpenMP threads, and needs AVX512-BF16 (Intel Cooper
 Lake / Sapphire Rapids and newer, AMD Zen 4 and newer). Anything it does not take runs PyTorch's operators.
 """
@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core import cpu_attention
-from core.devices import cpu_flags, env_choice
+from core.accel import attention as cpu_attention
+from core.models.devices import cpu_flags, env_choice
 
 MODE_ENV = "ICLIGHT_CPU_OPS"  # auto (default) or off
 MODES = ("auto", "off")

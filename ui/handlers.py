@@ -14,34 +14,28 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
-from app_engine import (
+from core.errors import ICLightError
+from core.imaging.convert import resize_and_center_crop
+from core.imaging.inputs import LoadedImage
+from core.imaging.outputs import read_params
+from core.lighting.lightpad import light_from_pad_click, render_light_pad
+from core.lighting.lights import Light
+from core.lighting.prompt_words import replace_lighting
+from core.lighting.suggest import SOURCE_OFFLINE, SuggestConfig, suggest_lighting
+from core.params import MAX_SEED, Matting, Mode, RelightParams
+from core.recipe.sampling import StepCallback, StepInfo
+from core.service import Relighter, RelightOutcome
+from ui.form import (
     PAD_FIELDS,
-    JobDone,
-    PreviewEngine,
     choice_after_move,
-    load_input,
-    matte_image,
     named_light,
     pad_light,
     pad_values,
     params_from_values,
-    status_line,
-    stream_job,
-    user_error,
     values_from_params,
 )
-from app_settings import gpu
-from core.errors import ICLightError
-from core.imageops import resize_and_center_crop
-from core.images import LoadedImage
-from core.lightpad import light_from_pad_click, render_light_pad
-from core.lights import Light
-from core.outputs import read_params
-from core.params import MAX_SEED, Matting, Mode, RelightParams
-from core.prompt_text import replace_lighting
-from core.sampling import StepCallback, StepInfo
-from core.service import Relighter, RelightOutcome
-from core.suggest import SOURCE_OFFLINE, SuggestConfig, suggest_lighting
+from ui.jobs import JobDone, PreviewEngine, load_input, matte_image, status_line, stream_job, user_error
+from ui.settings import gpu
 
 # Outputs of /relight and /normals, in order; the page lists its components in the same order.
 RELIGHT_OUTPUTS = ("gallery", "foreground", "matte", "comparison", "seed", "files", "info", "results")

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from core.manager import ModelSettings, add_model_flags, settings_from_flags
-from core.suggest import SuggestConfig
+from core.lighting.suggest import SuggestConfig
+from core.models.manager import ModelSettings, add_model_flags, settings_from_flags
 
-PROJECT_ROOT = Path(__file__).resolve().parent
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES_DIR = PROJECT_ROOT / "db_examples"
 QUEUE_SIZE_ENV, CONCURRENCY_ENV, OUTPUTS_DIR_ENV = "ICLIGHT_QUEUE_SIZE", "ICLIGHT_CONCURRENCY", "ICLIGHT_OUTPUTS_DIR"
 PORT_ENV = "GRADIO_SERVER_PORT"

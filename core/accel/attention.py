@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from core.devices import cpu_flags, env_choice
+from core.models.devices import cpu_flags, env_choice
 
 logger = logging.getLogger(__name__)
 

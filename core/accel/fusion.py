@@ -19,7 +19,7 @@ its minutes of compilation):
   halves of the batch first differ: conv_in, the first resnet, and the first transformer's projection and
   self-attention (about 3 % of a step's FLOPs, a tenth of the first level's attention);
 - 3x3 convolutions with GEMM_CONV_CHANNELS in and out run as GEMMs over their im2col patches, and with
-  `core.cpu_ops` the GroupNorms (with the resnets' SiLU) and LayerNorms run in a native bf16 kernel;
+  `core.accel.norms` the GroupNorms (with the resnets' SiLU) and LayerNorms run in a native bf16 kernel;
 - each Upsample2D (2x nearest, then a 3x3 convolution) runs as one GEMM of four 2x2 phase kernels on the low-res
   input: 4/9 of the FLOPs, and the upsampled map is never written.
 
@@ -38,8 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core import cpu_attention, cpu_ops
-from core.devices import env_choice
+from core.accel import attention as cpu_attention
+from core.accel import norms as cpu_ops
+from core.models.devices import env_choice
 
 logger = logging.getLogger(__name__)
 

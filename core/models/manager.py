@@ -14,9 +14,11 @@ from typing import Any
 
 import torch
 
-from core import cpu_attention, cpu_fusion, cpu_ops
-from core.devices import Placement, env_flag, free_accelerator_memory, release_cpu_memory, resolve_placement
-from core.loading import (
+from core.accel import attention as cpu_attention
+from core.accel import fusion as cpu_fusion
+from core.accel import norms as cpu_ops
+from core.models.devices import Placement, env_flag, free_accelerator_memory, release_cpu_memory, resolve_placement
+from core.models.loading import (
     DEFAULT_BASE_MODEL,
     OFFLINE_ENV,
     BaseComponents,
@@ -27,8 +29,8 @@ from core.loading import (
     load_base_components,
     offline_mode,
 )
-from core.sampling import ConcatConditionedUNet
-from core.weights import build_iclight_unet, read_offset
+from core.recipe.sampling import ConcatConditionedUNet
+from core.models.weights import build_iclight_unet, read_offset
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ class ModelSettings:
 
 def add_model_flags(parser) -> None:
     """The model flags shared by the CLI and both apps."""
-    from core.devices import DTYPE_ALIASES, DTYPE_CHOICES
+    from core.models.devices import DTYPE_ALIASES, DTYPE_CHOICES
 
     parser.add_argument("--base-model", help=f"SD 1.5 Hub id, folder or .safetensors (default {DEFAULT_BASE_MODEL})")
     parser.add_argument("--models-dir", type=Path, help="folder with the IC-Light weights (default ./models)")

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from core.errors import InvalidParameterError
-from core.lights import Light
-from core.prompt_text import MAX_LIGHTING_WORDS
+from core.lighting.lights import Light
+from core.lighting.prompt_words import MAX_LIGHTING_WORDS
 
 MOODS: tuple[str, ...] = ("dramatic", "warm", "cool", "cinematic", "calm", "mysterious", "natural")
 NUM_SUGGESTIONS = 3

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.errors import InvalidParameterError
-from core.imageops import resize_and_center_crop
+from core.imaging.convert import resize_and_center_crop
 from core.params import BGSource
 
 # The official demo relights with these four background sources, in this order; its gallery keeps the order.

@@ -105,7 +105,7 @@ class Upscaler:
         with self._lock:
             if not self._injected:
                 self._model = None
-        from core.devices import free_accelerator_memory
+        from core.models.devices import free_accelerator_memory
 
         free_accelerator_memory()
 
@@ -130,7 +130,7 @@ class Upscaler:
                 lanczos(image, *target), f"Upscaled with Lanczos instead of Real-ESRGAN: {error}", False
             )
         except RuntimeError as error:
-            from core.devices import is_out_of_memory
+            from core.models.devices import is_out_of_memory
 
             if not is_out_of_memory(error):
                 raise
@@ -164,7 +164,7 @@ def _upscale_tiled(model: Any, image: np.ndarray, scale: int, tile: int, overlap
         try:
             return _run_tiles(model, image, scale, tile, overlap), tile
         except RuntimeError as error:
-            from core.devices import free_accelerator_memory, is_out_of_memory
+            from core.models.devices import free_accelerator_memory, is_out_of_memory
 
             if not is_out_of_memory(error) or tile // 2 < MIN_TILE:
                 raise
@@ -260,7 +260,7 @@ def _load_model(path: Path, device: str, dtype: torch.dtype | None) -> Any:
     import spandrel
     import torch
 
-    from core.devices import CPU
+    from core.models.devices import CPU
 
     try:
         descriptor = spandrel.ModelLoader(device=device).load_from_file(path)

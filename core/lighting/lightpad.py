@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from core.errors import InvalidParameterError
-from core.lights import Light
-from core.preview import GAMMA, shade, specular
+from core.lighting.lights import Light
+from core.lighting.preview import GAMMA, shade, specular
 
 PAD_FILL = 0.9  # sphere diameter as a fraction of the pad, leaving a margin to click "at the rim"
 MIN_PAD_SIZE, MAX_PAD_SIZE = 16, 2048

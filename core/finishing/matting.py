@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from core.errors import CorruptWeightsError, IncompatibleModelError, InvalidParameterError, WeightsNotFoundError
-from core.images import LoadedImage, load_image
+from core.imaging.inputs import LoadedImage, load_image
 from core.params import Matting, coerce_enum
 
 if TYPE_CHECKING:
@@ -264,7 +264,7 @@ class Matter:
 
     def unload(self) -> None:
         """Drop every cached model (and remembered load failures) so memory is freed and loading is retried."""
-        from core.devices import free_accelerator_memory
+        from core.models.devices import free_accelerator_memory
 
         with self._lock:
             self._cache.clear()
@@ -343,7 +343,7 @@ def _resolve_folder(source: str, label: str) -> Path:
         raise WeightsNotFoundError(f"{label} folder {source} does not exist")
     from huggingface_hub import snapshot_download
 
-    from core.loading import offline_mode
+    from core.models.loading import offline_mode
 
     try:
         return Path(snapshot_download(source, allow_patterns=HUB_PATTERNS, local_files_only=offline_mode()))

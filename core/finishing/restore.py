@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from core.errors import InvalidParameterError
-from core.imageops import resize_and_center_crop
+from core.imaging.convert import resize_and_center_crop
 
 REFERENCE_SIDE = 512  # `radius` is given in pixels at this short side and scaled with the image
 MIN_RADIUS, MAX_RADIUS = 0.5, 64.0  # same range RelightParams.detail_radius accepts

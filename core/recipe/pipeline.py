@@ -9,9 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from core.devices import kept_heap, release_cpu_memory
 from core.errors import IncompatibleModelError, InvalidParameterError
-from core.imageops import (
+from core.imaging.convert import (
     AMBIENT_GREY,
     constant_image,
     decoded_floats,
@@ -21,12 +20,13 @@ from core.imageops import (
     resize_and_center_crop,
     resize_without_crop,
 )
-from core.lights import Light, fbc_background, fc_initial_image, light_map_image
-from core.loading import Variant
-from core.manager import ICLightModels
+from core.lighting.lights import Light, fbc_background, fc_initial_image, light_map_image
+from core.models.devices import kept_heap, release_cpu_memory
+from core.models.loading import Variant
+from core.models.manager import ICLightModels
 from core.params import BGSource, Mode, RelightParams
-from core.prompt import encode_prompt_pair
-from core.sampling import (
+from core.recipe.prompt_encoding import encode_prompt_pair
+from core.recipe.sampling import (
     Progress,
     StepCallback,
     count_img2img_steps,

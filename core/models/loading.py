@@ -20,7 +20,7 @@ from core.errors import (
     InvalidParameterError,
     WeightsNotFoundError,
 )
-from core.weights import SafetensorsFile, offset_in_channels
+from core.models.weights import SafetensorsFile, offset_in_channels
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ SINGLE_FILE_CONFIG = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 LATENT_CHANNELS = 4
 SD15_TEXT_HIDDEN = 768  # CLIP ViT-L/14 width; SD 2.x uses 1024, SDXL 2048
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 OFFLINE_ENV = "ICLIGHT_OFFLINE"
 
 

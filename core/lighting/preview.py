@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from core.errors import InvalidParameterError
-from core.lights import Light, cover_resize, to_rgb_uint8
+from core.lighting.lights import Light, cover_resize, to_rgb_uint8
 
 GAMMA = 2.2  # display gamma: shading is computed in linear light, images are stored gamma-encoded
 MAX_SOFT_ANGLE_DEG = 60.0  # softness 1 = a disc light 60 degrees in angular radius (a big soft box up close)

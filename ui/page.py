@@ -9,12 +9,11 @@ from typing import Any
 import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
-from app_engine import CHOICE_NAMES, PAD_FIELDS, ranges
-from app_handlers import NORMALS_OUTPUTS, RELIGHT_OUTPUTS, AppHandlers, pad_image
-from app_settings import AppSettings
-from core.images import ACCEPTED_TEXT
-from core.lights import Light
-from core.manager import ModelManager
+from core.imaging.inputs import ACCEPTED_TEXT
+from core.lighting.lights import Light
+from core.lighting.prompt_words import SUBJECT_ITEMS, replace_lighting, split_items
+from core.lighting.suggest import MOODS
+from core.models.manager import ModelManager
 from core.params import (
     DEFAULT_ADDED_PROMPT,
     DEFAULT_NEGATIVE_PROMPT,
@@ -26,9 +25,10 @@ from core.params import (
     Sampler,
     Upscale,
 )
-from core.prompt_text import SUBJECT_ITEMS, replace_lighting, split_items
 from core.service import Relighter
-from core.suggest import MOODS
+from ui.form import CHOICE_NAMES, PAD_FIELDS, ranges
+from ui.handlers import NORMALS_OUTPUTS, RELIGHT_OUTPUTS, AppHandlers, pad_image
+from ui.settings import AppSettings
 
 IMAGE_HEIGHT = 320  # px of the input and output image boxes
 PREVIEW_CONCURRENCY = 4  # instant previews are CPU-light; a few run beside a sampling job

@@ -35,8 +35,8 @@ class Placement:
     channels_last: bool = False  # NHWC convolutions: faster on CPU with oneDNN
     offload: bool = False  # low-VRAM: keep models on CPU, move each to the GPU only while it runs
     vae_tiling: bool = False  # low-VRAM: decode/encode the VAE in tiles
-    cpu_attention: bool = False  # bf16 on CPU: try a native attention kernel (core/cpu_attention.py), else SDPA
-    cpu_fusion: bool = False  # bf16 on CPU: oneDNN packed weights and fused epilogues (core/cpu_fusion.py)
+    cpu_attention: bool = False  # bf16 on CPU: try a native attention kernel (core/accel/attention.py), else SDPA
+    cpu_fusion: bool = False  # bf16 on CPU: oneDNN packed weights and fused epilogues (core/accel/fusion.py)
 
     @property
     def torch_device(self) -> torch.device:

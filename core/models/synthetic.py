@@ -1,4 +1,4 @@
-"""Tiny random SD 1.5-shaped components, written to disk in the real layouts, for fast CPU tests."""
+"""Random-weight SD 1.5 models and IC-Light offsets in the real on-disk layouts, for tests, benchmarks and the GPU check."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from core.loading import Variant
+from core.models.loading import Variant
 
 TEXT_WIDTH = 32
 MAX_LENGTH = 77

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from core.errors import CancelledError
-from core.imageops import latent_preview
+from core.imaging.convert import latent_preview
 from core.params import Sampler
 
 
@@ -71,7 +71,7 @@ class ConcatConditionedUNet(torch.nn.Module):
     def __init__(self, unet: torch.nn.Module, share_batch: bool = False) -> None:
         super().__init__()
         self.unet = unet
-        # The UNet computes a stride-0 batch of identical items once where it can (core/cpu_fusion.py): classifier-
+        # The UNet computes a stride-0 batch of identical items once where it can (core/accel/fusion.py): classifier-
         # free guidance feeds the same latents twice, and the halves only differ from the first cross-attention on.
         self.share_batch = share_batch
 

@@ -193,7 +193,7 @@ def to_rgb_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
 
 def cover_resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
     """Scale `image` to cover width x height keeping its aspect ratio, then centre-crop."""
-    import cv2  # local: keeps `import core.lights` (pulled in by params) light
+    import cv2  # local: keeps `import core.lighting.lights` (pulled in by params) light
 
     src_h, src_w = image.shape[:2]
     scale = max(width / src_w, height / src_h)

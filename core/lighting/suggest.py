@@ -19,10 +19,10 @@ import numpy as np
 from PIL import Image
 
 from core.errors import InvalidParameterError
-from core.images import load_image
-from core.lights import NAMED_AZIMUTHS, Light, parse_hex_color
-from core.prompt_text import MAX_LIGHTING_WORDS, clean_lighting, lighting_key, replace_lighting
-from core.suggest_offline import (
+from core.imaging.inputs import load_image
+from core.lighting.lights import NAMED_AZIMUTHS, Light, parse_hex_color
+from core.lighting.prompt_words import MAX_LIGHTING_WORDS, clean_lighting, lighting_key, replace_lighting
+from core.lighting.suggest_classic import (
     MOODS,
     NUM_SUGGESTIONS,
     Suggestion,
@@ -33,7 +33,7 @@ from core.suggest_offline import (
     ranked_offline,
 )
 
-__all__ = [  # the offline half lives in core/suggest_offline.py; this module is the public entry point
+__all__ = [  # the offline half lives in core/lighting/suggest_classic.py; this module is the public entry point
     "MOODS",
     "SOURCE_OFFLINE",
     "SOURCE_REMOTE",

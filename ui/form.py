@@ -1,0 +1,164 @@
+"""The form <-> parameters mapping of both apps: choices, ranges, light pad fields, RelightParams from form values."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from enum import Enum
+from typing import Any
+
+from core.errors import InvalidParameterError
+from core.lighting.lights import Light
+from core.params import BGSource, LightDirection, Mode, RelightParams
+
+logger = logging.getLogger(__name__)
+
+CUSTOM_LIGHT = BGSource.LIGHT.label  # the choice that means "the light placed on the pad", in both apps
+FC_CHOICES = tuple(d.label for d in LightDirection) + (CUSTOM_LIGHT,)
+FBC_CHOICES = tuple(s.label for s in BGSource)
+CHOICE_NAMES = {Mode.FC: "light", Mode.FBC: "bg_source"}  # API name of each app's light/background choice
+_FC_BY_LABEL = {d.label: d for d in LightDirection}
+_FBC_BY_LABEL = {s.label: s for s in BGSource}
+_NAMED_LABELS = {
+    Mode.FC: {d.value: d.label for d in LightDirection if d is not LightDirection.NONE},
+    Mode.FBC: {s.value: s.label for s in (BGSource.LEFT, BGSource.RIGHT, BGSource.TOP, BGSource.BOTTOM)},
+}
+# fbc sources that are a light gradient: moving the pad light replaces them; an uploaded background is kept.
+GRADIENT_SOURCES = frozenset({BGSource.LEFT, BGSource.RIGHT, BGSource.TOP, BGSource.BOTTOM, BGSource.LIGHT})
+PAD_FIELDS = ("azimuth", "elevation", "light_color", "light_intensity", "ambient")  # form names of the pad light
+_PAD_TO_LIGHT = {
+    "azimuth": "azimuth",
+    "elevation": "elevation",
+    "light_color": "color",
+    "light_intensity": "intensity",
+    "ambient": "ambient",
+}
+
+INT_FIELDS = ("seed", "width", "height", "num_images", "steps")
+PLAIN_FIELDS = (
+    "prompt",
+    "added_prompt",
+    "negative_prompt",
+    "cfg",
+    "lowres_denoise",
+    "highres_scale",
+    "highres_denoise",
+    "sampler",
+    "matting",
+    "keep_background",
+    "restore_details",
+    "detail_radius",
+    "preserve_color",
+    "upscale",
+)
+# Slider ranges of the form (official demo ranges); also used to fit settings loaded from a PNG.
+RANGES: dict[str, tuple[float, float]] = {
+    "width": (256, 1024),
+    "height": (256, 1024),
+    "num_images": (1, 12),
+    "steps": (1, 100),
+    "cfg": (1.0, 32.0),
+    "lowres_denoise": (0.1, 1.0),
+    "highres_scale": (1.0, 3.0),
+    "highres_denoise": (0.1, 1.0),
+    "detail_radius": (1.0, 20.0),
+    "preserve_color": (0.0, 1.0),
+}
+FBC_HIGHRES_DENOISE_MAX = 0.9  # the official fbc demo's slider stops here
+
+
+# -- form values <-> parameters ------------------------------------------------------------------------------------
+
+
+def pad_light(values: Mapping[str, Any]) -> Light:
+    """The light placed on the pad, from the form's azimuth/elevation/colour/intensity/ambient values."""
+    return Light(**{_PAD_TO_LIGHT[name]: values[name] for name in PAD_FIELDS if values.get(name) is not None})
+
+
+def pad_values(light: Light) -> tuple[float, float, str, float, float]:
+    """The pad fields (in PAD_FIELDS order) that show `light`."""
+    return light.azimuth, light.elevation, light.color, light.intensity, light.ambient
+
+
+def light_fields(mode: Mode, choice: str, pad: Light) -> dict[str, Any]:
+    """RelightParams fields for the light/background choice; the pad light is used by 'Custom Light'."""
+    if mode is Mode.FC:
+        if choice == CUSTOM_LIGHT:
+            return {"light": pad}
+        direction = _FC_BY_LABEL.get(choice)
+        if direction is None:
+            raise InvalidParameterError(f"light should be one of {', '.join(FC_CHOICES)} but is {choice!r}")
+        return {"light": None if direction is LightDirection.NONE else Light.named(direction.value)}
+    source = _FBC_BY_LABEL.get(choice)
+    if source is None:
+        raise InvalidParameterError(f"bg_source should be one of {', '.join(FBC_CHOICES)} but is {choice!r}")
+    return {"bg_source": source, "light": pad if source is BGSource.LIGHT else None}
+
+
+def named_light(choice: str) -> Light | None:
+    """The exact official light of a Left/Right/Top/Bottom choice; None for any other choice."""
+    for labels in _NAMED_LABELS.values():
+        for direction, label in labels.items():
+            if label == choice:
+                return Light.named(direction)
+    return None
+
+
+def choice_after_move(mode: Mode, choice: str, light: Light) -> str:
+    """The choice once the user has placed `light`: a named one if it is exactly official, else 'Custom Light'."""
+    named = light.named_direction
+    label = _NAMED_LABELS[mode][named] if named else CUSTOM_LIGHT
+    if mode is Mode.FBC and _FBC_BY_LABEL.get(choice) not in GRADIENT_SOURCES:
+        return choice  # an uploaded (or flipped, or ambient) background stays the condition
+    return label
+
+
+def _integer(value: Any) -> Any:
+    """Whole floats (sliders, JSON) as int; anything else is left for RelightParams to reject by name."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def params_from_values(mode: Mode, values: Mapping[str, Any]) -> RelightParams:
+    """Validated RelightParams from the form (or API) values of either app."""
+    fields: dict[str, Any] = {name: _integer(values[name]) for name in INT_FIELDS if name in values}
+    fields.update({name: values[name] for name in PLAIN_FIELDS if name in values})
+    fields.update(light_fields(mode, values[CHOICE_NAMES[mode]], pad_light(values)))
+    return RelightParams.for_mode(mode, **fields)
+
+
+def values_from_params(mode: Mode, params: RelightParams) -> tuple[dict[str, Any], list[str]]:
+    """Form values that reproduce `params` in this app, and what had to be changed to fit the form."""
+    notes = []
+    if params.mode is not mode:
+        notes.append(f"these settings come from the {params.mode.value} app; the shared ones were loaded")
+    values: dict[str, Any] = {name: getattr(params, name) for name in INT_FIELDS + PLAIN_FIELDS}
+    for name, value in values.items():
+        if isinstance(value, Enum):
+            values[name] = value.value
+    for name, (low, high) in ranges(mode).items():
+        if not low <= values[name] <= high:
+            fitted = type(values[name])(min(max(values[name], low), high))
+            notes.append(f"{name} {values[name]} is outside this form's range [{low:g}, {high:g}]; set to {fitted}")
+            values[name] = fitted
+    light = params.light
+    if mode is Mode.FC:
+        named = light.named_direction if light is not None else None
+        choice = LightDirection.NONE.label if light is None else _NAMED_LABELS[mode][named] if named else CUSTOM_LIGHT
+    else:
+        choice = params.bg_source.label if params.mode is Mode.FBC else BGSource.UPLOAD.label
+    values[CHOICE_NAMES[mode]] = choice
+    if light is not None:
+        values.update(zip(PAD_FIELDS, pad_values(light), strict=True))
+    values["randomize_seed"] = False  # the point of loading settings is to get the same image again
+    return values, notes
+
+
+def ranges(mode: Mode) -> dict[str, tuple[float, float]]:
+    """Slider ranges of the app for `mode`."""
+    out = dict(RANGES)
+    if mode is Mode.FBC:
+        out["highres_denoise"] = (RANGES["highres_denoise"][0], FBC_HIGHRES_DENOISE_MAX)
+        del out["lowres_denoise"]  # fbc has no image-to-image low-res pass
+    return out
