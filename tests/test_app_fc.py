@@ -188,7 +188,9 @@ def test_suggest_works_offline_and_says_so(fc):
     assert result["source"] == "offline" and "Offline" in result["notice"]
     assert len(result["suggestions"]) == 3
     for item in result["suggestions"]:
-        assert item["prompt"] and Light.from_dict(item["light"])
+        assert item["prompt"]
+        # The light round-trips: every field the API sent is the field of a valid Light (from_dict raises otherwise).
+        assert Light.from_dict(item["light"]).to_dict() == {**Light().to_dict(), **item["light"]}
 
 
 def test_status_line_explains_missing_weights_and_preview_still_works(tiny_paths, tmp_path):

@@ -11,8 +11,6 @@ from core.finishing.normals import (
     DEFAULT_SIGMA,
     NORMAL_LIGHTS,
     compute_normals,
-    normal_map_to_image,
-    normals_from_relights,
     signed_to_uint8,
 )
 from core.params import BGSource
@@ -82,7 +80,7 @@ def _args(relights: dict[str, np.ndarray]) -> list[np.ndarray]:
 
 
 def test_official_sigma_recovers_sphere(scene):
-    normal = normals_from_relights(*_args(scene["soft"]), scene["matte"])
+    normal = compute_normals(*_args(scene["soft"]), scene["matte"]).normal
     assert normal.shape == (SIZE, SIZE, 3)
     np.testing.assert_allclose(np.linalg.norm(normal[scene["inside"]], axis=1), 1.0, atol=1e-5)
     error = mean_angle_deg(normal, scene["normals"], scene["inside"])
@@ -91,25 +89,25 @@ def test_official_sigma_recovers_sphere(scene):
 
 def test_sigma_is_a_real_knob(scene):
     """Hard light defeats sigma 6 but a soft sigma fits it; the soft scene is the other way round."""
-    hard_official = normals_from_relights(*_args(scene["hard"]), scene["matte"])
-    hard_soft = normals_from_relights(*_args(scene["hard"]), scene["matte"], sigma=1.5)
+    hard_official = compute_normals(*_args(scene["hard"]), scene["matte"]).normal
+    hard_soft = compute_normals(*_args(scene["hard"]), scene["matte"], sigma=1.5).normal
     assert mean_angle_deg(hard_official, scene["normals"], scene["inside"]) > MAX_MEAN_ERROR_DEG
     assert mean_angle_deg(hard_soft, scene["normals"], scene["inside"]) < MAX_MEAN_ERROR_DEG
-    soft_official = normals_from_relights(*_args(scene["soft"]), scene["matte"])
-    soft_soft = normals_from_relights(*_args(scene["soft"]), scene["matte"], sigma=1.5)
+    soft_official = compute_normals(*_args(scene["soft"]), scene["matte"]).normal
+    soft_soft = compute_normals(*_args(scene["soft"]), scene["matte"], sigma=1.5).normal
     assert mean_angle_deg(soft_official, scene["normals"], scene["inside"]) < mean_angle_deg(
         soft_soft, scene["normals"], scene["inside"]
     )
 
 
 def test_albedo_cancels(scene):
-    textured = normals_from_relights(*_args(scene["soft"]), scene["matte"])
-    plain = normals_from_relights(*_args(scene["soft_plain"]), scene["matte"])
+    textured = compute_normals(*_args(scene["soft"]), scene["matte"]).normal
+    plain = compute_normals(*_args(scene["soft_plain"]), scene["matte"]).normal
     assert mean_angle_deg(textured, plain, scene["inside"]) < 0.1
 
 
 def test_axes_point_right_up_and_to_camera(scene):
-    normal = normals_from_relights(*_args(scene["soft"]), scene["matte"])
+    normal = compute_normals(*_args(scene["soft"]), scene["matte"]).normal
     mid, quarter = SIZE // 2, SIZE // 4
     assert normal[mid, mid + quarter, 0] > 0.3  # right of centre faces right
     assert normal[mid, mid - quarter, 0] < -0.3
@@ -121,7 +119,7 @@ def test_axes_point_right_up_and_to_camera(scene):
 def test_outside_matte_faces_camera(scene):
     result = compute_normals(*_args(scene["soft"]), scene["matte"])
     np.testing.assert_array_equal(result.normal[0, 0], (0.0, 0.0, 1.0))
-    assert tuple(normal_map_to_image(result.normal)[0, 0]) == (127, 127, 255)
+    assert tuple(result.images()[0][0, 0]) == (127, 127, 255)
 
 
 GALLERY_CASES = [(DEFAULT_SIGMA, (24, 40)), (2.0, (24, 40)), (DEFAULT_SIGMA, (50, 60))]  # matte sizes: same, resized
@@ -154,14 +152,14 @@ def test_identical_relights_give_flat_normals_and_grey_ratios():
 
 def test_matte_is_resized_and_centre_cropped(scene):
     args = _args(scene["soft"])
-    full = normals_from_relights(*args, scene["matte"])
+    full = compute_normals(*args, scene["matte"]).normal
     # A wider matte whose extra side bands are zero: covering the relight size crops the bands away.
     wide = np.zeros((SIZE, SIZE + 20), dtype=np.float32)
     wide[:, 10:-10] = scene["matte"]
-    np.testing.assert_allclose(normals_from_relights(*args, wide), full, atol=1e-6)
+    np.testing.assert_allclose(compute_normals(*args, wide).normal, full, atol=1e-6)
     # A half-size matte is scaled up: it agrees away from the blurred rim.
     small = scene["matte"][::2, ::2][..., None]
-    upscaled = normals_from_relights(*args, small)
+    upscaled = compute_normals(*args, small).normal
     core = np.hypot(*np.mgrid[-1.0 : 1.0 : SIZE * 1j, -1.0 : 1.0 : SIZE * 1j]) < 0.85
     np.testing.assert_allclose(upscaled[core], full[core], atol=1e-3)
 
@@ -205,12 +203,3 @@ def test_rejects_bad_inputs(left, matte, sigma, message):
     with pytest.raises(InvalidParameterError) as info:
         compute_normals(left, GOOD, GOOD, GOOD, matte, sigma=sigma)
     assert message in str(info.value)
-
-
-@pytest.mark.parametrize(
-    ("normal", "message"),
-    [(np.zeros((4, 4)), "(4, 4)"), (np.zeros((4, 4, 4)), "(4, 4, 4)"), (np.zeros((4, 4, 3), dtype=np.uint8), "uint8")],
-)
-def test_normal_map_to_image_rejects_bad_arrays(normal, message):
-    with pytest.raises(InvalidParameterError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        normal_map_to_image(normal)

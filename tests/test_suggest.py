@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.cli import main
 from core.errors import InvalidParameterError
 from core.lighting.lights import Light, parse_hex_color
 from core.lighting.prompt_words import lighting_key
@@ -32,10 +33,8 @@ from core.lighting.suggest import (
     SuggestConfig,
     Suggestion,
     SuggestionResult,
-    apply_suggestion_to_prompt,
     offline_suggestions,
     result_to_json,
-    suggest_json,
     suggest_lighting,
 )
 from core.lighting.suggest_classic import LIGHTING_PRESETS
@@ -553,7 +552,9 @@ def test_result_to_json_round_trips() -> None:
     )
 
 
-def test_suggest_json_reads_the_file_and_uses_its_alpha_as_matte(tmp_path: Any) -> None:
+def test_suggest_command_reads_the_file_and_uses_its_alpha_as_matte(tmp_path: Any, capsys, monkeypatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     image = np.full((*SIZE, 3), 235, np.uint8)
     image[20:80, 20:60] = 25
     alpha = np.zeros(SIZE, np.uint8)
@@ -561,7 +562,8 @@ def test_suggest_json_reads_the_file_and_uses_its_alpha_as_matte(tmp_path: Any) 
     path = tmp_path / "subject.png"
     Image.fromarray(np.dstack([image, alpha]), "RGBA").save(path)
 
-    data = json.loads(suggest_json(path, mood=None))
+    assert main(["suggest", "--image", str(path)]) == 0
+    data = json.loads(capsys.readouterr().out)
 
     assert data["source"] == SOURCE_OFFLINE and data["notice"] == NOTICE_NOT_CONFIGURED
     assert [item["prompt"] for item in data["suggestions"]] == [
@@ -570,18 +572,13 @@ def test_suggest_json_reads_the_file_and_uses_its_alpha_as_matte(tmp_path: Any) 
     assert data["suggestions"][0]["prompt"] != offline_suggestions(image)[0].prompt  # the alpha made a difference
 
 
-def test_suggest_json_rejects_missing_and_broken_files(tmp_path: Any) -> None:
-    with pytest.raises(InvalidParameterError, match="missing.png"):
-        suggest_json(tmp_path / "missing.png")
+def test_suggest_command_rejects_missing_and_broken_files(tmp_path: Any, capsys) -> None:
+    assert main(["suggest", "--image", str(tmp_path / "missing.png")]) == 2
+    assert "missing.png" in capsys.readouterr().err
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
-    with pytest.raises(InvalidParameterError, match="broken.png"):
-        suggest_json(broken)
+    assert main(["suggest", "--image", str(broken)]) == 2
+    assert "broken.png" in capsys.readouterr().err
     Image.fromarray(_image("dark")).save(tmp_path / "ok.png")
-    with pytest.raises(InvalidParameterError, match="mood"):
-        suggest_json(tmp_path / "ok.png", mood="sleepy")
-
-
-def test_apply_suggestion_keeps_the_subject() -> None:
-    prompt = "beautiful woman, detailed face, sunshine from window"
-    assert apply_suggestion_to_prompt(prompt, "neon light, city") == "beautiful woman, detailed face, neon light, city"
+    assert main(["suggest", "--image", str(tmp_path / "ok.png"), "--mood", "sleepy"]) == 2
+    assert "mood" in capsys.readouterr().err

@@ -78,31 +78,9 @@ def compute_normals(
     return NormalsResult(normal=normal, ratios=ratios, relights=relights)
 
 
-def normals_from_relights(
-    left: np.ndarray,
-    right: np.ndarray,
-    bottom: np.ndarray,
-    top: np.ndarray,
-    matte: np.ndarray,
-    sigma: float = DEFAULT_SIGMA,
-) -> np.ndarray:
-    """HxWx3 float unit normals (x right, y up, z toward the camera) from four directional relights."""
-    return compute_normals(left, right, bottom, top, matte, sigma).normal
-
-
 def signed_to_uint8(x: np.ndarray) -> np.ndarray:
     """Map a float image from [-1, 1] to uint8 as the official demo does (x * 127.5 + 127.5, clipped)."""
     return (np.asarray(x) * SIGNED_SCALE + SIGNED_SCALE).clip(0, 255).astype(np.uint8)
-
-
-def normal_map_to_image(normal: np.ndarray) -> np.ndarray:
-    """HxWx3 unit normals to a uint8 normal-map image (OpenGL style: red = right, green = up, blue = camera)."""
-    normal = np.asarray(normal)
-    if normal.ndim != 3 or normal.shape[2] != 3:
-        raise InvalidParameterError(f"normal should be an HxWx3 array but has shape {normal.shape}")
-    if not np.issubdtype(normal.dtype, np.floating):
-        raise InvalidParameterError(f"normal should be a float array of unit vectors but has dtype {normal.dtype}")
-    return signed_to_uint8(normal)
 
 
 def _check_relights(*images: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -11,7 +11,6 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,9 +18,8 @@ import numpy as np
 from PIL import Image
 
 from core.errors import InvalidParameterError
-from core.imaging.inputs import load_image
 from core.lighting.lights import NAMED_AZIMUTHS, Light, parse_hex_color
-from core.lighting.prompt_words import MAX_LIGHTING_WORDS, clean_lighting, lighting_key, replace_lighting
+from core.lighting.prompt_words import MAX_LIGHTING_WORDS, clean_lighting, lighting_key
 from core.lighting.suggest_classic import (
     MOODS,
     NUM_SUGGESTIONS,
@@ -40,10 +38,8 @@ __all__ = [  # the offline half lives in core/lighting/suggest_classic.py; this 
     "SuggestConfig",
     "Suggestion",
     "SuggestionResult",
-    "apply_suggestion_to_prompt",
     "offline_suggestions",
     "result_to_json",
-    "suggest_json",
     "suggest_lighting",
 ]
 
@@ -188,18 +184,6 @@ def suggest_lighting(
 def result_to_json(result: SuggestionResult) -> str:
     """The result as pretty JSON (what `python -m core suggest` prints)."""
     return json.dumps(result.to_dict(), indent=2)
-
-
-def suggest_json(image_path: str | Path, mood: str | None = None, config: SuggestConfig | None = None) -> str:
-    """`python -m core suggest --image PATH [--mood MOOD]`: load the image, suggest, return the JSON text."""
-    loaded = load_image(image_path)
-    matte = loaded.alpha if loaded.has_meaningful_alpha else None  # an all-opaque alpha says nothing about shape
-    return result_to_json(suggest_lighting(loaded.rgb, mood=mood, matte=matte, config=config))
-
-
-def apply_suggestion_to_prompt(prompt: str, suggestion_prompt: str) -> str:
-    """`prompt` with its lighting part replaced by the suggestion, keeping the subject part."""
-    return replace_lighting(prompt, suggestion_prompt)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
