@@ -53,7 +53,7 @@ class _Parser(argparse.ArgumentParser):
 # Subcommands defined next to the function they expose: each module has `register(sub)`, which adds its parser and
 # sets `run` (a function of the parsed arguments returning the exit code). Imported when the parser is built, so
 # these modules import nothing heavy at the top.
-COMMAND_MODULES: tuple[str, ...] = ("core.data.cli",)
+COMMAND_MODULES: tuple[str, ...] = ("core.batch.cli", "core.data.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

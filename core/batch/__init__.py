@@ -1,0 +1,1 @@
+"""Batch relighting: many images in, a results table out, on one machine or a Ray cluster."""
