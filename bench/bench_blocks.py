@@ -166,7 +166,8 @@ def run(folder: Path, width: int, height: int, seconds: float) -> tuple[dict, li
     """Sample our default CPU UNet's parts and whole steps for `seconds`; returns samples, steps, probes, flops."""
     import torch
 
-    from core.models.devices import kept_heap, resolve_placement
+    from core.accel.heap import kept_heap
+    from core.models.devices import resolve_placement
     from core.models.manager import ModelManager, ModelSettings
     from core.recipe.prompt_encoding import encode_prompt_pair
 

@@ -136,7 +136,8 @@ def worker(recipe: str, folder: Path, width: int, height: int, steps: int, unet_
     import numpy as np
     import torch
 
-    from core.models.devices import Placement, kept_heap, resolve_placement
+    from core.accel.heap import kept_heap
+    from core.models.devices import Placement, resolve_placement
     from core.models.manager import ModelManager, ModelSettings
     from core.params import RelightParams
     from core.recipe.pipeline import relight

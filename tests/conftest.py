@@ -28,11 +28,10 @@ from core.models.synthetic import write_base_model, write_offsets  # noqa: E402
 @pytest.fixture
 def native_cache(monkeypatch, tmp_path):
     """A private build folder for the native kernels, with their cached loaders cleared before and after."""
-    from core.accel import attention as cpu_attention
-    from core.accel import norms as cpu_ops
+    from core.accel import attention, norms
 
-    monkeypatch.setenv(cpu_attention.CACHE_ENV, str(tmp_path / "cache"))
-    loaders = (cpu_attention.load_kernel, cpu_ops.load_ops)
+    monkeypatch.setenv(attention.CACHE_ENV, str(tmp_path / "cache"))
+    loaders = (attention.load_kernel, norms.load_ops)
     for loader in loaders:
         loader.cache_clear()
     yield tmp_path / "cache"

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.accel import attention as cpu_attention
+from core.accel import attention
 from core.accel.attention import (
     AmxAttention,
     Bf16Attention,
@@ -25,7 +25,7 @@ from core.accel.attention import (
 
 
 def runs_here(kind) -> bool:
-    return all(flag in cpu_attention.cpu_flags() for flag in kind.CPU_FLAGS)
+    return all(flag in attention.cpu_flags() for flag in kind.CPU_FLAGS)
 
 
 HAS_AMX = runs_here(AmxAttention)
@@ -45,7 +45,7 @@ def kernel(request, tmp_path_factory):
     kind = request.param
     if not runs_here(kind):
         pytest.skip(f"this CPU lacks {kind.NAME}, so that kernel cannot run here")
-    kernel = kind(build_library(cpu_attention.find_compiler(), tmp_path_factory.mktemp(kind.NAME), kind))
+    kernel = kind(build_library(attention.find_compiler(), tmp_path_factory.mktemp(kind.NAME), kind))
     assert kernel.request_permission()
     return kernel
 
@@ -81,10 +81,10 @@ def test_load_kernel_picks_the_best_kernel_this_cpu_runs(fresh_loader):
 
 @needs_a_kernel
 def test_mode_asks_for_one_kernel(fresh_loader, monkeypatch):
-    monkeypatch.setenv(cpu_attention.MODE_ENV, "avx512")
+    monkeypatch.setenv(attention.MODE_ENV, "avx512")
     kernel, status = fresh_loader()
     assert type(kernel) is Bf16Attention and status.reason.startswith("AVX512-BF16 kernel")
-    monkeypatch.setenv(cpu_attention.MODE_ENV, "amx")
+    monkeypatch.setenv(attention.MODE_ENV, "amx")
     fresh_loader.cache_clear()
     kernel, status = fresh_loader()
     if HAS_AMX:
@@ -218,12 +218,12 @@ def test_kernel_on_openmp_team_equals_own_threads(kernel):
 
 
 def test_openmp_team_is_found_only_when_loaded(tmp_path):
-    assert cpu_attention.openmp_team("") is None
-    assert cpu_attention.openmp_team(f"7f00-7f10 r-xp 0 08:01 1 {tmp_path}/libgomp.so.1\n") is None  # not a library
+    assert attention.openmp_team("") is None
+    assert attention.openmp_team(f"7f00-7f10 r-xp 0 08:01 1 {tmp_path}/libgomp.so.1\n") is None  # not a library
     maps = Path("/proc/self/maps").read_text().splitlines()
-    runtime = next(line for line in maps if Path(line.split()[-1]).name.startswith(cpu_attention.OPENMP_RUNTIMES))
-    found = cpu_attention.openmp_team(runtime + "\n")  # PyTorch's own runtime, the one its operators already use
-    assert found is not None and found == cpu_attention.openmp_team()
+    runtime = next(line for line in maps if Path(line.split()[-1]).name.startswith(attention.OPENMP_RUNTIMES))
+    found = attention.openmp_team(runtime + "\n")  # PyTorch's own runtime, the one its operators already use
+    assert found is not None and found == attention.openmp_team()
 
 
 def test_kernel_is_deterministic_and_thread_safe(kernel):
@@ -262,13 +262,13 @@ def test_supports_only_what_the_kernel_handles():
 
 
 def test_sdpa_mode_skips_the_kernel(fresh_loader, monkeypatch):
-    monkeypatch.setenv(cpu_attention.MODE_ENV, "sdpa")
+    monkeypatch.setenv(attention.MODE_ENV, "sdpa")
     kernel, status = fresh_loader()
     assert kernel is None and not status.available and "ICLIGHT_CPU_ATTENTION=sdpa" in status.reason
 
 
 def test_cpu_without_bf16_instructions_uses_sdpa(fresh_loader, monkeypatch):
-    monkeypatch.setattr(cpu_attention, "cpu_flags", lambda: {"avx512f", "avx2"})
+    monkeypatch.setattr(attention, "cpu_flags", lambda: {"avx512f", "avx2"})
     kernel, status = fresh_loader()
     assert kernel is None and status.reason.startswith("SDPA (this CPU has no AMX nor AVX512-BF16: it lacks ")
     assert "avx512_bf16" in status.reason
@@ -292,7 +292,7 @@ def test_missing_or_failing_compiler_falls_back(fresh_loader, monkeypatch, tmp_p
 def test_unwritable_cache_folder_builds_in_a_temp_folder(fresh_loader, monkeypatch, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    monkeypatch.setenv(cpu_attention.CACHE_ENV, str(blocker / "cache"))
+    monkeypatch.setenv(attention.CACHE_ENV, str(blocker / "cache"))
     kernel, status = fresh_loader()
     assert kernel is not None and status.available
     assert kernel.library.parent.name.startswith("iclight-") and blocker.is_file()
@@ -300,7 +300,7 @@ def test_unwritable_cache_folder_builds_in_a_temp_folder(fresh_loader, monkeypat
 
 @needs_a_kernel
 def test_library_is_built_once(tmp_path):
-    compiler = cpu_attention.find_compiler()
+    compiler = attention.find_compiler()
     first = build_library(compiler, tmp_path, Bf16Attention)
     stamp = first.stat().st_mtime_ns
     assert build_library(compiler, tmp_path, Bf16Attention) == first and first.stat().st_mtime_ns == stamp
@@ -371,7 +371,7 @@ def test_unet_runs_the_kernel_and_matches_sdpa(monkeypatch):
     original = kind.__call__
     with torch.inference_mode():
         expected = unet(*args).sample.float()
-        status = cpu_attention.install(unet)
+        status = attention.install(unet)
         monkeypatch.setattr(kind, "__call__", lambda self, *a: calls.append(a[0].shape) or original(self, *a))
         got = unet(*args).sample.float()
     assert status.available and (1, 2, 4096, 40) in calls and all(kind.head_dim_ok(s[-1]) for s in calls)
@@ -382,11 +382,11 @@ def test_unet_runs_the_kernel_and_matches_sdpa(monkeypatch):
 def test_install_reports_sdpa_without_touching_the_unet(fresh_loader, monkeypatch):
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    monkeypatch.setenv(cpu_attention.MODE_ENV, "sdpa")
+    monkeypatch.setenv(attention.MODE_ENV, "sdpa")
     attn = attention_module()
     unet = torch.nn.Module()
     unet.set_attn_processor = lambda p: attn.set_processor(p)
-    assert cpu_attention.install(unet) == KernelStatus(False, "SDPA (ICLIGHT_CPU_ATTENTION=sdpa)")
+    assert attention.install(unet) == KernelStatus(False, "SDPA (ICLIGHT_CPU_ATTENTION=sdpa)")
     assert isinstance(attn.processor, AttnProcessor2_0)
 
 
@@ -413,12 +413,12 @@ def test_fp32_keeps_diffusers_attention(fc_models):
 
 
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv(cpu_attention.CACHE_ENV, str(tmp_path / "x"))
-    assert cpu_attention.cache_dir() == tmp_path / "x"
-    monkeypatch.delenv(cpu_attention.CACHE_ENV)
+    monkeypatch.setenv(attention.CACHE_ENV, str(tmp_path / "x"))
+    assert attention.cache_dir() == tmp_path / "x"
+    monkeypatch.delenv(attention.CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert cpu_attention.cache_dir() == tmp_path / "iclight"
-    assert os.path.isabs(cpu_attention.cache_dir())
+    assert attention.cache_dir() == tmp_path / "iclight"
+    assert os.path.isabs(attention.cache_dir())
 
 
 def test_processor_survives_a_failing_kernel(caplog):

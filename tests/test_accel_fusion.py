@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.accel import attention as cpu_attention
-from core.accel import fusion as cpu_fusion
+from core.accel import attention, fusion
 from core.accel.fusion import (
     FusedGEGLU,
     FusedResnetBlock2D,
@@ -25,7 +24,7 @@ from core.accel.fusion import (
 )
 
 pytestmark = pytest.mark.skipif(
-    cpu_fusion.unavailable_reason(torch.float32) is not None, reason="this PyTorch build has no oneDNN"
+    fusion.unavailable_reason(torch.float32) is not None, reason="this PyTorch build has no oneDNN"
 )
 
 
@@ -232,8 +231,8 @@ def test_pointwise_convs_run_as_gemms_on_any_layout(dtype):
 def test_square_deep_convs_run_as_im2col_gemms(dtype, monkeypatch):
     """3x3 "same" convolutions with GEMM_CONV_CHANNELS in and out run as GEMMs over im2col patches: the
     convolution's results (borders, residual, bias override, any layout), output in channels_last."""
-    assert cpu_fusion.GEMM_CONV_CHANNELS == 1280  # SD 1.5's deepest levels; a small width stands in for it here
-    monkeypatch.setattr(cpu_fusion, "GEMM_CONV_CHANNELS", 24)
+    assert fusion.GEMM_CONV_CHANNELS == 1280  # SD 1.5's deepest levels; a small width stands in for it here
+    monkeypatch.setattr(fusion, "GEMM_CONV_CHANNELS", 24)
     gen = torch.Generator().manual_seed(2)
     conv = nn.Conv2d(24, 24, 3, padding=1).to(dtype)
     packed = PackedConv2d(conv)
@@ -259,7 +258,7 @@ def test_square_deep_convs_run_as_im2col_gemms(dtype, monkeypatch):
 
 def test_unet_with_im2col_convs_matches_eager(monkeypatch):
     """The small UNet's 64-channel level with its 3x3 convs as im2col GEMMs gives the eager answer."""
-    monkeypatch.setattr(cpu_fusion, "GEMM_CONV_CHANNELS", 64)
+    monkeypatch.setattr(fusion, "GEMM_CONV_CHANNELS", 64)
     eager, fused = pair(small_unet(), torch.float32)
     assert sum(isinstance(m, PackedConv2d) and m.im2col for m in fused.modules()) >= 6
     x, context = inputs(torch.float32)
@@ -279,23 +278,23 @@ def test_fused_geglu_matches_diffusers():
 
 def test_install_respects_the_switch_and_reports_missing_onednn(monkeypatch):
     unet = small_unet()
-    monkeypatch.setenv(cpu_fusion.MODE_ENV, "off")
-    assert cpu_fusion.install(unet) == FusionStatus(False, "eager (ICLIGHT_CPU_FUSION=off)")
-    monkeypatch.setenv(cpu_fusion.MODE_ENV, "auto")
+    monkeypatch.setenv(fusion.MODE_ENV, "off")
+    assert fusion.install(unet) == FusionStatus(False, "eager (ICLIGHT_CPU_FUSION=off)")
+    monkeypatch.setenv(fusion.MODE_ENV, "auto")
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
-    assert cpu_fusion.install(unet) == FusionStatus(False, "eager (this PyTorch build has no oneDNN)")
+    assert fusion.install(unet) == FusionStatus(False, "eager (this PyTorch build has no oneDNN)")
     assert not any(isinstance(m, (PackedConv2d, PackedLinear)) for m in unet.modules())
 
 
 def test_install_reports_what_it_fused():
-    status = cpu_fusion.install(small_unet())
+    status = fusion.install(small_unet())
     assert status == FusionStatus(True, "fused oneDNN (6 transformers, 12 resnets, 1 upsampler)")
 
 
 def test_manager_fuses_bf16_cpu_and_relights(tiny_paths, fg_image, bg_image):
     """The bf16 CPU placement loads the fused UNet through the real loader, and a relight runs end to end on it."""
-    if cpu_fusion.unavailable_reason(torch.bfloat16):
-        pytest.skip(f"bf16 fusion unavailable here: {cpu_fusion.unavailable_reason(torch.bfloat16)}")
+    if fusion.unavailable_reason(torch.bfloat16):
+        pytest.skip(f"bf16 fusion unavailable here: {fusion.unavailable_reason(torch.bfloat16)}")
     from core.models.manager import ModelManager, ModelSettings
     from core.params import RelightParams
     from core.recipe.pipeline import relight
@@ -307,7 +306,7 @@ def test_manager_fuses_bf16_cpu_and_relights(tiny_paths, fg_image, bg_image):
     models = manager.get("fc")
     assert models.unet_ops.startswith("fused oneDNN") and "UNet fused oneDNN" in manager.describe("fc")
     assert models.vae_ops == "fused oneDNN (16 resnets, 3 upsamplers)" and "VAE fused oneDNN" in manager.describe("fc")
-    assert models.unet.share_batch  # CFG's duplicated latents reach the fused UNet held once
+    assert fusion.shares_identical_batches(models.unet.unet)  # CFG's duplicated latents reach it held once
     params = RelightParams.for_mode("fc", prompt="sunlight", width=64, height=64, steps=2, seed=3)
     out = relight(models, fg_image, params)
     assert out.images[0].shape == (128, 128, 3) and out.images[0].dtype == np.uint8
@@ -324,7 +323,8 @@ def test_manager_fuses_bf16_cpu_and_relights(tiny_paths, fg_image, bg_image):
 
 def test_fp32_keeps_eager_modules(fc_models):
     """The seed-exact fp32 path is never rewritten."""
-    assert not fc_models.placement.cpu_fusion and fc_models.unet_ops == "eager" and not fc_models.unet.share_batch
+    assert not fc_models.placement.cpu_fusion and fc_models.unet_ops == "eager"
+    assert not fusion.shares_identical_batches(fc_models.unet.unet)
     assert fc_models.vae_ops == "eager"
     assert not any(isinstance(m, (PackedConv2d, PackedLinear)) for m in fc_models.unet.modules())
     assert not any(isinstance(m, (PackedConv2d, PackedLinear)) for m in fc_models.vae.modules())
@@ -332,7 +332,7 @@ def test_fp32_keeps_eager_modules(fc_models):
 
 def test_fused_transformers_run_the_native_kernel(monkeypatch):
     """Head size 40 at 4,096 tokens: the fused blocks send attention to the native kernel and agree with eager."""
-    kernel, status = cpu_attention.load_kernel()
+    kernel, status = attention.load_kernel()
     if kernel is None:
         pytest.skip(f"no native attention kernel on this machine: {status.reason}")
     unet = small_unet(block_out_channels=(80, 160), attention_head_dim=2, sample_size=64, cross_attention_dim=24)
@@ -386,7 +386,7 @@ def test_shared_batch_runs_the_prefix_once_and_agrees(dtype):
     eager, fused = pair(small_unet(), dtype)
     one, context = inputs(dtype, batch=1)[0], inputs(dtype, batch=2)[1]  # the two items' contexts differ
     full, shared = one.repeat(2, 1, 1, 1), one.expand(2, -1, -1, -1)
-    assert cpu_fusion.shared_batch(shared) and not cpu_fusion.shared_batch(full)
+    assert fusion.shared_batch(shared) and not fusion.shared_batch(full)
     expected = run(fused, full, torch.tensor(50), context)
     got = None
 
@@ -428,8 +428,9 @@ def test_shared_batch_needs_one_timestep():
     assert torch.allclose(got, expected, atol=2e-5, rtol=1e-4)
 
 
-def test_concat_unet_shares_only_identical_batches():
-    """ConcatConditionedUNet hands the UNet a stride-0 batch only when asked to and when every item is the same."""
+def test_fused_unet_is_handed_only_identical_batches_held_once():
+    """After share_identical_batches (once, however often asked) the UNet gets a stride-0 batch exactly when every
+    item is the same, whether the sample comes by position or by name; other UNets get the batch as it is."""
     from core.recipe.sampling import ConcatConditionedUNet
 
     seen = []
@@ -438,16 +439,23 @@ def test_concat_unet_shares_only_identical_batches():
         conv_in = nn.Conv2d(8, 4, 1)
 
         def forward(self, sample, timestep, encoder_hidden_states, return_dict):
-            seen.append(cpu_fusion.shared_batch(sample))
+            seen.append(fusion.shared_batch(sample))
             return (sample[:, :4].contiguous(),)
 
     latents, concat, context = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8), torch.randn(2, 77, 24)
-    for share in (False, True):
-        unet = ConcatConditionedUNet(Probe(), share_batch=share)
+    plain, shared = Probe(), Probe()
+    fusion.share_identical_batches(shared)
+    fusion.share_identical_batches(shared)
+    assert fusion.shares_identical_batches(shared) and not fusion.shares_identical_batches(plain)
+    assert len(shared._forward_pre_hooks) == 1
+    for probe in (plain, shared):
+        unet = ConcatConditionedUNet(probe)
         out = unet(torch.cat([latents, latents]), 10, context, concat)
         assert torch.equal(out, torch.cat([latents, latents]))
         unet(torch.cat([latents, latents + 1]), 10, context, concat)
-    assert seen == [False, False, True, False]
+    same = torch.randn(1, 8, 4, 4).expand(3, -1, -1, -1).contiguous()
+    shared(sample=same, timestep=10, encoder_hidden_states=context, return_dict=False)
+    assert seen == [False, False, True, False, True]
 
 
 @pytest.mark.parametrize("size", [(6, 7), (1, 1), (5, 2)])
@@ -519,7 +527,7 @@ def test_fused_upsampler_computes_a_shared_batch_once():
     one = torch.randn(1, 16, 4, 5)
     with torch.inference_mode():
         shared = fused(one.expand(3, -1, -1, -1))
-        assert cpu_fusion.shared_batch(shared) and torch.equal(shared[2], fused(one)[0])
+        assert fusion.shared_batch(shared) and torch.equal(shared[2], fused(one)[0])
 
 
 def test_unet_at_odd_latent_sizes_matches_eager():
@@ -552,7 +560,7 @@ def test_fused_vae_matches_eager():
     counts = fuse_model(fused)
     assert counts["resnets"] == resnets == 10 and counts["upsamplers"] == 1
     assert not [m for m in fused.modules() if type(m) in (nn.Linear, nn.Conv2d)]
-    assert cpu_fusion.describe(fused) == "10 resnets, 1 upsampler"
+    assert fusion.describe(fused) == "10 resnets, 1 upsampler"
     image = torch.rand(2, 3, 24, 16) * 2 - 1
     with torch.inference_mode():
         latents = eager.encode(image).latent_dist.mode()
@@ -562,8 +570,8 @@ def test_fused_vae_matches_eager():
 
 def test_manager_keeps_injected_vae_as_given(tiny_paths):
     """A manager over a caller's modules fuses its own copy of the VAE for bf16 CPU, never the caller's."""
-    if cpu_fusion.unavailable_reason(torch.bfloat16):
-        pytest.skip(f"bf16 fusion unavailable here: {cpu_fusion.unavailable_reason(torch.bfloat16)}")
+    if fusion.unavailable_reason(torch.bfloat16):
+        pytest.skip(f"bf16 fusion unavailable here: {fusion.unavailable_reason(torch.bfloat16)}")
     from diffusers import UNet2DConditionModel
 
     from core.models.loading import load_base_components
@@ -587,7 +595,7 @@ def test_fused_upsampler_row_chunks_agree(monkeypatch, rows):
     x = torch.randn(2, 16, 5, 7)
     with torch.inference_mode():
         whole = fused(x)
-        monkeypatch.setattr(cpu_fusion, "UPSAMPLE_CHUNK_BYTES", rows * 2 * (7 + 1) * 4 * 16 * 4)  # `rows` patch rows
+        monkeypatch.setattr(fusion, "UPSAMPLE_CHUNK_BYTES", rows * 2 * (7 + 1) * 4 * 16 * 4)  # `rows` patch rows
         chunked = fused(x)
     assert torch.allclose(chunked, whole, atol=1e-6)
     assert torch.allclose(whole, upsampler()(x), atol=1e-5)

@@ -9,12 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.accel import attention as cpu_attention
-from core.accel import fusion as cpu_fusion
-from core.accel import norms as cpu_ops
+from core.accel import attention, fusion, norms
 from core.accel.norms import NativeOps, load_ops
 
-RUNS_HERE = all(flag in cpu_ops.cpu_flags() for flag in NativeOps.CPU_FLAGS)
+RUNS_HERE = all(flag in norms.cpu_flags() for flag in NativeOps.CPU_FLAGS)
 needs_ops = pytest.mark.skipif(not RUNS_HERE, reason="this CPU has no AVX512-BF16, so the native ops cannot run here")
 HALF_ULP = 2**-8  # bf16 keeps 8 significant bits: one rounding moves a value by at most this, relative
 
@@ -24,7 +22,7 @@ def ops(tmp_path_factory):
     if not RUNS_HERE:
         pytest.skip("this CPU has no AVX512-BF16, so the native ops cannot run here")
     folder = tmp_path_factory.mktemp("ops")
-    return NativeOps(cpu_attention.build_library(cpu_attention.find_compiler(), folder, NativeOps))
+    return NativeOps(attention.build_library(attention.find_compiler(), folder, NativeOps))
 
 
 @pytest.fixture
@@ -139,19 +137,19 @@ def test_fusion_helpers_fall_back_to_pytorch():
     """Without ops, or with inputs they do not take, the helpers are PyTorch's norm (and SiLU) exactly."""
     gn, ln = nn.GroupNorm(4, 16), nn.LayerNorm(16)
     x, tokens = torch.randn(2, 16, 4, 4), torch.randn(2, 5, 16)
-    assert torch.equal(cpu_fusion.group_norm(None, gn, x, silu=True), F.silu(gn(x)))
-    assert torch.equal(cpu_fusion.group_norm(None, gn, x), gn(x))
-    assert torch.equal(cpu_fusion.layer_norm(None, ln, tokens), ln(tokens))
+    assert torch.equal(fusion.group_norm(None, gn, x, silu=True), F.silu(gn(x)))
+    assert torch.equal(fusion.group_norm(None, gn, x), gn(x))
+    assert torch.equal(fusion.layer_norm(None, ln, tokens), ln(tokens))
     refusing = object.__new__(NativeOps)
-    assert torch.equal(cpu_fusion.group_norm(refusing, gn, x), gn(x))  # fp32: not taken
+    assert torch.equal(fusion.group_norm(refusing, gn, x), gn(x))  # fp32: not taken
 
 
 def test_off_switch_and_missing_instructions(fresh_loader, monkeypatch):
-    monkeypatch.setenv(cpu_ops.MODE_ENV, "off")
+    monkeypatch.setenv(norms.MODE_ENV, "off")
     assert fresh_loader() == (None, "PyTorch (ICLIGHT_CPU_OPS=off)")
-    monkeypatch.setenv(cpu_ops.MODE_ENV, "auto")
+    monkeypatch.setenv(norms.MODE_ENV, "auto")
     load_ops.cache_clear()
-    monkeypatch.setattr(cpu_ops, "cpu_flags", lambda: {"avx512f", "avx2"})
+    monkeypatch.setattr(norms, "cpu_flags", lambda: {"avx512f", "avx2"})
     ops, reason = fresh_loader()
     assert ops is None and reason.startswith("PyTorch (this CPU lacks ") and "avx512_bf16" in reason
 
@@ -169,7 +167,7 @@ def test_missing_or_failing_compiler_falls_back(fresh_loader, monkeypatch, tmp_p
 
 @needs_ops
 def test_a_failing_self_test_keeps_pytorch(fresh_loader, monkeypatch):
-    monkeypatch.setattr(cpu_ops, "self_test", lambda ops: 0.5)
+    monkeypatch.setattr(norms, "self_test", lambda ops: 0.5)
     ops, reason = fresh_loader()
     assert ops is None and reason == "PyTorch (the native ops' self-test was off by 0.5)"
 
@@ -178,21 +176,21 @@ def test_a_failing_self_test_keeps_pytorch(fresh_loader, monkeypatch):
 def test_loads_and_passes_its_self_test(fresh_loader):
     ops, reason = fresh_loader()
     assert ops is not None and reason.startswith("AVX512-BF16 ops (bf16_ops-")
-    assert cpu_ops.self_test(ops) <= cpu_ops.SELF_TEST_TOLERANCE
+    assert norms.self_test(ops) <= norms.SELF_TEST_TOLERANCE
 
 
 @needs_ops
 def test_fused_unet_runs_its_norms_on_the_ops(ops, monkeypatch):
     """In the fused bf16 UNet every resnet and transformer norm goes to the ops, and the answer stays as close to
     fp32 as the PyTorch-norm fused UNet's."""
-    from test_cpu_fusion import inputs, run, small_unet
+    from test_accel_fusion import inputs, run, small_unet
 
     unet = small_unet()
     exact = run(copy.deepcopy(unet), inputs(torch.float32)[0], torch.tensor(300), inputs(torch.float32)[1])
     plain = copy.deepcopy(unet).to(torch.bfloat16).to(memory_format=torch.channels_last)
     with_ops = copy.deepcopy(plain)
-    cpu_fusion.fuse_model(plain)
-    cpu_fusion.fuse_model(with_ops, ops=ops)
+    fusion.fuse_model(plain)
+    fusion.fuse_model(with_ops, ops=ops)
     calls = []
     for name in ("group_norm", "layer_norm"):
         original = getattr(NativeOps, name)
@@ -212,8 +210,8 @@ def test_manager_reports_the_norms(tiny_paths):
     """The status line says who runs the norms of a bf16 CPU UNet."""
     from core.models.manager import ModelManager, ModelSettings
 
-    if cpu_fusion.unavailable_reason(torch.bfloat16):
-        pytest.skip(f"bf16 fusion unavailable here: {cpu_fusion.unavailable_reason(torch.bfloat16)}")
+    if fusion.unavailable_reason(torch.bfloat16):
+        pytest.skip(f"bf16 fusion unavailable here: {fusion.unavailable_reason(torch.bfloat16)}")
     settings = ModelSettings(base_model=str(tiny_paths["base"]), models_dir=tiny_paths["models"], device="cpu",
                              dtype="bf16", download=False)  # fmt: skip
     models = ModelManager(settings).get("fc")

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -95,41 +90,6 @@ def test_low_vram_is_ignored_on_cpu():
     assert not placement.offload and not placement.vae_tiling
 
 
-FAULT_PROBE = """
-import resource, torch
-from core.models.devices import kept_heap
-with kept_heap() as mode:
-    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for i in range(30):  # a UNet-like churn of 40-60 MB bf16 activations, over glibc's 32 MB memory-map threshold
-        a = torch.empty((20 + i % 3) << 20, dtype=torch.bfloat16).fill_(1)
-        b = torch.empty((24 + i % 5) << 20, dtype=torch.bfloat16).fill_(1)
-        del a
-        c = torch.empty(30 << 20, dtype=torch.bfloat16).fill_(1)
-        del b, c
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start
-rss_mb = int(next(x for x in open("/proc/self/status") if x.startswith("VmRSS")).split()[1]) // 1024
-print(mode, faults, rss_mb)
-"""
-
-
-def page_faults(setting: str) -> tuple[str, int, int]:
-    env = {**os.environ, devices.ALLOCATOR_ENV: setting}
-    out = subprocess.run([sys.executable, "-c", FAULT_PROBE], capture_output=True, text=True, env=env, check=True,
-                         cwd=Path(__file__).resolve().parent.parent).stdout.split()  # fmt: skip
-    return out[0], int(out[1]), int(out[2])
-
-
-@pytest.mark.skipif(devices._glibc_function("mallopt") is None, reason="glibc only")
-def test_tuned_allocator_reuses_big_tensors_instead_of_faulting_them_in():
-    """Inside kept_heap big tensors come back from the heap (a fraction of glibc's faults); after it, the heap is
-    handed back, so the process is no bigger than with glibc's defaults."""
-    (tuned, tuned_faults, tuned_rss), (system, system_faults, system_rss) = page_faults("tuned"), page_faults("system")
-    assert (tuned, system) == ("tuned", "system")
-    assert system_faults > 30 * (32 << 20) // 4096  # the default really faults every allocation in
-    assert tuned_faults < system_faults / 5, (tuned_faults, system_faults)
-    assert tuned_rss < system_rss + 64, (tuned_rss, system_rss)
-
-
 def test_env_choice_reads_one_of_its_choices(monkeypatch, caplog):
     monkeypatch.delenv("ICLIGHT_TEST_MODE", raising=False)
     assert devices.env_choice("ICLIGHT_TEST_MODE", ("auto", "off")) == "auto"  # unset: the first
@@ -139,19 +99,3 @@ def test_env_choice_reads_one_of_its_choices(monkeypatch, caplog):
     monkeypatch.setenv("ICLIGHT_TEST_MODE", "sometimes")
     assert devices.env_choice("ICLIGHT_TEST_MODE", ("auto", "off")) == "auto"
     assert "ICLIGHT_TEST_MODE should be one of auto/off but is 'sometimes'; using auto" in caplog.text
-
-
-def test_allocator_falls_back_where_it_cannot_tune(monkeypatch, caplog):
-    monkeypatch.setattr(devices, "_glibc_function", lambda name: None)
-    monkeypatch.setenv(devices.ALLOCATOR_ENV, "bogus")
-    with devices.kept_heap() as mode:
-        assert mode == "system (not glibc)"
-    assert "ICLIGHT_CPU_ALLOCATOR should be one of tuned/system but is 'bogus'" in caplog.text
-    calls = []
-    monkeypatch.setattr(devices, "_glibc_function", lambda name: lambda *args: calls.append((name, *args)) and 0)
-    with devices.kept_heap() as mode:
-        assert mode == "system (glibc refused the settings)"
-    restored = [c[2] for c in calls if c[0] == "mallopt"][-2:]
-    assert restored == [devices.GLIBC_MMAP_MAX, devices.GLIBC_TRIM]  # whatever was set is put back
-    with devices.kept_heap(enabled=False) as mode:  # GPUs: nothing to do
-        assert mode == "system"

@@ -14,9 +14,9 @@ its minutes of compilation):
   free guidance runs both halves at one timestep, so the embedding is one vector);
 - Transformer2DModel runs its 1x1 projections as GEMMs on the NHWC tokens (no layout copies) with the residual
   in proj_out's epilogue, and each attention and feed-forward adds its residual in its output GEMM's epilogue;
-- a batch of identical items held once (stride 0 along the batch, as `ConcatConditionedUNet` passes classifier-
-  free guidance's duplicated latents) is computed once up to the first cross-attention, which is where the two
-  halves of the batch first differ: conv_in, the first resnet, and the first transformer's projection and
+- a batch of identical items (classifier-free guidance's duplicated latents, which `share_identical_batches` hands
+  the UNet held once, with stride 0 along the batch) is computed once up to the first cross-attention, which is
+  where the two halves of the batch first differ: conv_in, the first resnet, and the first transformer's projection and
   self-attention (about 3 % of a step's FLOPs, a tenth of the first level's attention);
 - 3x3 convolutions with GEMM_CONV_CHANNELS in and out run as GEMMs over their im2col patches, and with
   `core.accel.norms` the GroupNorms (with the resnets' SiLU) and LayerNorms run in a native bf16 kernel;
@@ -38,8 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.accel import attention as cpu_attention
-from core.accel import norms as cpu_ops
+from core.accel import attention, norms
 from core.models.devices import env_choice
 
 logger = logging.getLogger(__name__)
@@ -87,7 +86,7 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def group_norm(ops: cpu_ops.NativeOps | None, norm: nn.Module, x: torch.Tensor, silu: bool = False) -> torch.Tensor:
+def group_norm(ops: norms.NativeOps | None, norm: nn.Module, x: torch.Tensor, silu: bool = False) -> torch.Tensor:
     """norm(x), then SiLU when `silu`: in one pass by the native ops where they take it, else PyTorch's."""
     if ops is not None and ops.group_norm_ok(x, norm):
         return ops.group_norm(x, norm, silu)
@@ -95,7 +94,7 @@ def group_norm(ops: cpu_ops.NativeOps | None, norm: nn.Module, x: torch.Tensor, 
     return F.silu(out, inplace=True) if silu else out
 
 
-def layer_norm(ops: cpu_ops.NativeOps | None, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def layer_norm(ops: norms.NativeOps | None, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """norm(x) by the native ops where they take it, else PyTorch's."""
     return ops.layer_norm(x, norm) if ops is not None and ops.layer_norm_ok(x, norm) else norm(x)
 
@@ -140,6 +139,11 @@ class PackedLinear(nn.Module):
         """gelu(x W^T + b), exact (erf) GELU as `F.gelu`."""
         return _mkldnn()._linear_pointwise(x, self.packed, self.bias, "gelu", [], "none")
 
+    def unpack(self) -> nn.Linear:
+        """The plain `nn.Linear` again, with exactly the weights it was packed from."""
+        return _plain(nn.Linear(self.in_features, self.out_features, self.bias is not None, device="meta"),
+                      self.packed.to_dense(), self.bias)  # fmt: skip
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
@@ -167,6 +171,16 @@ class PackedConv2d(nn.Module):
             weight = conv.weight.detach().contiguous(memory_format=torch.channels_last)
             self.packed = _mkldnn()._reorder_convolution_weight(weight, *self.geometry, None)
         self.bias = None if conv.bias is None else conv.bias.detach().clone()
+
+    def unpack(self) -> nn.Conv2d:
+        """The plain `nn.Conv2d` again (channels_last, as packed), with exactly the weights it was packed from."""
+        padding, stride, dilation, groups = self.geometry
+        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, tuple(stride), tuple(padding),
+                         tuple(dilation), groups, self.bias is not None, device="meta")  # fmt: skip
+        weight = self.packed.to_dense()
+        if self.pointwise or self.im2col:  # the GEMM weight [out, (kh, kw, in)] back to [out, in, kh, kw]
+            weight = weight.view(self.out_channels, *self.kernel_size, -1).permute(0, 3, 1, 2)
+        return _plain(conv, weight.contiguous(memory_format=torch.channels_last), self.bias)
 
     @staticmethod
     def supports(conv: nn.Module) -> bool:
@@ -229,11 +243,22 @@ class FusedGEGLU(nn.Module):
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         return self.value(x, self.gate.gelu(x), op="mul")
 
+    def unpack(self) -> nn.Module:
+        """diffusers' GEGLU again, its projection the value and gate halves stacked as they were split."""
+        from diffusers.models.activations import GEGLU
+
+        value, gate = self.value.unpack(), self.gate.unpack()
+        with torch.device("meta"):
+            geglu = GEGLU(value.in_features, value.out_features, bias=value.bias is not None)
+        bias = None if value.bias is None else torch.cat([value.bias, gate.bias])
+        geglu.proj = _plain(geglu.proj, torch.cat([value.weight, gate.weight]), bias)
+        return geglu
+
 
 class FusedResnetBlock2D(nn.Module):
     """diffusers ResnetBlock2D as SD 1.5 configures it, with the shortcut added in conv2's epilogue."""
 
-    def __init__(self, block: nn.Module, ops: cpu_ops.NativeOps | None = None) -> None:
+    def __init__(self, block: nn.Module, ops: norms.NativeOps | None = None) -> None:
         super().__init__()
         self.block = block  # its convs are packed too; its own forward runs whatever this one does not take
         self.ops = ops  # GroupNorm + SiLU in one pass, when given
@@ -266,6 +291,9 @@ class FusedResnetBlock2D(nn.Module):
             return broadcast(self._run(input_tensor[:1], None if temb is None else temb[:1]), batch)
         return self._run(channels_last(input_tensor), temb)
 
+    def unpack(self) -> nn.Module:
+        return self.block
+
     def _run(self, input_tensor: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
         b = self.block
         hidden = group_norm(self.ops, b.norm1, input_tensor, silu=True)
@@ -291,8 +319,8 @@ def _plain_attention(attn: nn.Module) -> bool:
 
     return (
         type(attn) is Attention
-        and isinstance(attn.processor, (AttnProcessor2_0, cpu_attention.CPUAttnProcessor))
-        and cpu_attention.has_plain_layers(attn)
+        and isinstance(attn.processor, (AttnProcessor2_0, attention.CPUAttnProcessor))
+        and attention.has_plain_layers(attn)
         and len(attn.to_out) == 2
         and isinstance(attn.to_out[1], nn.Dropout)
     )
@@ -326,7 +354,7 @@ class FusedTransformer2D(nn.Module):
     """diffusers Transformer2DModel (continuous input, SD 1.5 blocks) on NHWC tokens with fused residuals."""
 
     def __init__(
-        self, model: nn.Module, kernel: cpu_attention.NativeAttention | None, ops: cpu_ops.NativeOps | None = None
+        self, model: nn.Module, kernel: attention.NativeAttention | None, ops: norms.NativeOps | None = None
     ) -> None:
         super().__init__()
         self.model = model  # its layers are packed too; its own forward runs whatever this one does not take
@@ -383,6 +411,9 @@ class FusedTransformer2D(nn.Module):
 
         return Transformer2DModelOutput(sample=out)
 
+    def unpack(self) -> nn.Module:
+        return self.model
+
     def _block(self, block: nn.Module, hidden: torch.Tensor, context: torch.Tensor | None, batch: int) -> torch.Tensor:
         """BasicTransformerBlock: self-attention, cross-attention, GEGLU feed-forward, each with its residual.
 
@@ -398,7 +429,7 @@ class FusedTransformer2D(nn.Module):
         self, attn: nn.Module, x: torch.Tensor, context: torch.Tensor | None, residual: torch.Tensor
     ) -> torch.Tensor:
         context = x if context is None else context
-        out = cpu_attention.attend(self.kernel, attn.to_q(x), attn.to_k(context), attn.to_v(context), attn.heads,
+        out = attention.attend(self.kernel, attn.to_q(x), attn.to_k(context), attn.to_v(context), attn.heads,
                                    attn.scale)  # fmt: skip
         return attn.to_out[0](out, residual)
 
@@ -466,6 +497,9 @@ class FusedUpsample2D(nn.Module):
             return broadcast(self(x[:1]), x.shape[0])
         return self._run(x)
 
+    def unpack(self) -> nn.Module:
+        return self.block
+
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         """Patch row p (of H + 1) gives output rows 2p (phase a = 0, low-res row p) and 2p - 1 (a = 1, row p - 1).
 
@@ -525,6 +559,14 @@ def _is_pointwise(module: nn.Module) -> bool:
     )
 
 
+def _plain(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+    """`layer` (built on the meta device) holding `weight` and `bias` as frozen parameters."""
+    layer.weight = nn.Parameter(weight, requires_grad=False)
+    if bias is not None:
+        layer.bias = nn.Parameter(bias, requires_grad=False)
+    return layer
+
+
 def _swap(root: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
@@ -534,7 +576,7 @@ _WRAPPERS = {"transformer": FusedTransformer2D, "resnet": FusedResnetBlock2D, "u
 
 
 def fuse_model(
-    model: nn.Module, kernel: cpu_attention.NativeAttention | None = None, ops: cpu_ops.NativeOps | None = None
+    model: nn.Module, kernel: attention.NativeAttention | None = None, ops: norms.NativeOps | None = None
 ) -> dict[str, int]:
     """Rewrite a diffusers UNet or VAE in place for the fused path; returns how many modules of each kind changed.
 
@@ -570,6 +612,52 @@ def fuse_model(
     return counts
 
 
+_UNPACKABLE = (*_WRAPPERS.values(), FusedGEGLU, PackedConv2d, PackedLinear)
+
+
+def unfuse_model(model: nn.Module) -> tuple[attention.NativeAttention | None, norms.NativeOps | None] | None:
+    """Undo `fuse_model` in place: diffusers' own modules again, with exactly the weights they were packed from.
+
+    Returns the attention kernel and native ops the fused blocks used, to fuse the model again the same way once its
+    weights changed, or None when the model held nothing fused."""
+    found = [m for m in model.modules() if isinstance(m, _UNPACKABLE)]
+    if not found:
+        return None
+    kernel = next((m.kernel for m in found if isinstance(m, FusedTransformer2D)), None)
+    ops = next((m.ops for m in found if isinstance(m, (FusedTransformer2D, FusedResnetBlock2D))), None)
+    del found
+    for stage in (tuple(_WRAPPERS.values()), (FusedGEGLU, PackedConv2d, PackedLinear)):  # wrappers hold packed layers
+        names = [name for name, m in model.named_modules() if isinstance(m, stage)]
+        for name in [n for n in names if not any(n.startswith(outer + ".") for outer in names)]:  # outermost only
+            _swap(model, name, model.get_submodule(name).unpack())
+    return kernel, ops
+
+
+def _hold_identical_items(unet: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    """Forward pre-hook: a batch of identical samples reaches the UNet held once (stride 0), to be computed once."""
+    sample = args[0] if args else kwargs.get("sample")
+    if sample is None or sample.dim() < 2 or sample.shape[0] < 2 or shared_batch(sample):
+        return None
+    if not torch.equal(sample, sample[:1].expand_as(sample)):
+        return None
+    held = sample[:1].expand_as(sample)
+    return ((held, *args[1:]), kwargs) if args else (args, {**kwargs, "sample": held})
+
+
+def share_identical_batches(unet: nn.Module) -> None:
+    """Let a fused UNet compute a batch of identical items once up to where they differ (once per UNet).
+
+    Classifier-free guidance feeds the same latents twice, and the two halves only differ from the first cross-
+    attention on: the fused blocks compute that prefix once for a stride-0 batch."""
+    if not shares_identical_batches(unet):
+        unet.register_forward_pre_hook(_hold_identical_items, with_kwargs=True)
+
+
+def shares_identical_batches(unet: nn.Module) -> bool:
+    """Whether `share_identical_batches` was applied to `unet`."""
+    return any(hook is _hold_identical_items for hook in unet._forward_pre_hooks.values())
+
+
 def describe(model: nn.Module) -> str:
     """The fused blocks a model holds, for the status line: "16 transformers, 22 resnets, 3 upsamplers"."""
     counts = {kind: sum(isinstance(m, cls) for m in model.modules()) for kind, cls in _WRAPPERS.items()}
@@ -578,7 +666,7 @@ def describe(model: nn.Module) -> str:
 
 
 def install(
-    model: nn.Module, kernel: cpu_attention.NativeAttention | None = None, ops: cpu_ops.NativeOps | None = None
+    model: nn.Module, kernel: attention.NativeAttention | None = None, ops: norms.NativeOps | None = None
 ) -> FusionStatus:
     """Fuse a bf16/fp32 CPU UNet or VAE when this PyTorch can; returns what it holds fused (or why not).
 

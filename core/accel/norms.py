@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.accel import attention as cpu_attention
+from core.accel import attention
 from core.models.devices import cpu_flags, env_choice
 
 MODE_ENV = "ICLIGHT_CPU_OPS"  # auto (default) or off
@@ -36,9 +36,9 @@ class NativeOps:
     """`native/bf16_ops.c` behind torch-facing calls; each `*_ok` says which inputs it takes."""
 
     NAME = "AVX512-BF16 ops"
-    SOURCE = cpu_attention.NATIVE / "bf16_ops.c"
-    CFLAGS = cpu_attention.BASE_CFLAGS
-    CPU_FLAGS = cpu_attention.BASE_CPU_FLAGS
+    SOURCE = attention.NATIVE / "bf16_ops.c"
+    CFLAGS = attention.BASE_CFLAGS
+    CPU_FLAGS = attention.BASE_CPU_FLAGS
 
     def __init__(self, library: Path) -> None:
         """Runs on PyTorch's OpenMP team when its runtime is found, else on threads of its own."""
@@ -51,11 +51,11 @@ class NativeOps:
         lib.bf16_layer_norm.argtypes = [_PTR] * 4 + [_I64] * 2 + [ctypes.c_double, _I64, _PTR]
         self._lib = lib
         self.library = library
-        self.team = cpu_attention.openmp_team()
+        self.team = attention.openmp_team()
 
     @staticmethod
     def _threads() -> int:
-        return min(torch.get_num_threads(), cpu_attention.MAX_THREADS)
+        return min(torch.get_num_threads(), attention.MAX_THREADS)
 
     @staticmethod
     def _bf16_cpu(x: torch.Tensor) -> bool:
@@ -148,16 +148,16 @@ def load_ops() -> tuple[NativeOps | None, str]:
     """The native ops when this machine can build and run them (cached), else None; with the reason either way."""
     if env_choice(MODE_ENV, MODES) == "off":
         return None, f"PyTorch ({MODE_ENV}=off)"
-    if not cpu_attention.native_platform():
+    if not attention.native_platform():
         return None, "PyTorch (the native ops are for Linux on x86-64)"
     missing = [flag for flag in NativeOps.CPU_FLAGS if flag not in cpu_flags()]
     if missing:
         return None, f"PyTorch (this CPU lacks {', '.join(missing)})"
-    compiler = cpu_attention.find_compiler()
+    compiler = attention.find_compiler()
     if compiler is None:
         return None, "PyTorch (no C compiler found to build the native ops; install gcc)"
     try:
-        ops = NativeOps(cpu_attention.build_cached(compiler, NativeOps))
+        ops = NativeOps(attention.build_cached(compiler, NativeOps))
         error = self_test(ops)
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         return None, f"PyTorch (building the native ops failed: {exc})"

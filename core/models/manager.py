@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import os
 import threading
@@ -14,10 +13,8 @@ from typing import Any
 
 import torch
 
-from core.accel import attention as cpu_attention
-from core.accel import fusion as cpu_fusion
-from core.accel import norms as cpu_ops
-from core.models.devices import Placement, env_flag, free_accelerator_memory, release_cpu_memory, resolve_placement
+from core import accel
+from core.models.devices import Placement, env_flag, free_accelerator_memory, resolve_placement
 from core.models.loading import (
     DEFAULT_BASE_MODEL,
     OFFLINE_ENV,
@@ -29,8 +26,8 @@ from core.models.loading import (
     load_base_components,
     offline_mode,
 )
-from core.recipe.sampling import ConcatConditionedUNet
 from core.models.weights import build_iclight_unet, read_offset
+from core.recipe.sampling import ConcatConditionedUNet
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +140,7 @@ class ModelManager:
         self._base: BaseComponents | None = None
         self._cache: dict[tuple, ICLightModels] = {}
         self._placement = placement  # None: decided from the settings on first use
-        self._vae_copy: torch.nn.Module | None = None  # the injected VAE's copy that the CPU path fuses
+        self._vae: torch.nn.Module | None = None  # the placed VAE the variants share (maybe the CPU layer's copy)
         self._lock = threading.RLock()
 
     @classmethod
@@ -196,8 +193,8 @@ class ModelManager:
             for key in [k for k in self._cache if variant is None or k[0] == Variant(variant)]:
                 del self._cache[key]
             if variant is None or not self._cache:
-                self._base = self._vae_copy = None  # also drops the base weights' file handles
-        release_cpu_memory()
+                self._base = self._vae = None  # also drops the base weights' file handles
+        accel.release_cpu_memory()
         free_accelerator_memory()
 
     def describe(self, variant: Variant | str) -> str:
@@ -249,39 +246,23 @@ class ModelManager:
         home = "cpu" if placement.offload else placement.torch_device
         unet.to(device=home)
         text_encoder = base.text_encoder.eval().requires_grad_(False).to(device=home, dtype=placement.text_dtype)
-        vae = base.vae.eval().requires_grad_(False).to(device=home, dtype=placement.vae_dtype)
-        attention = "SDPA"
-        if placement.cpu_attention:
-            attention = cpu_attention.install(unet).reason
-        if placement.channels_last:
-            unet.to(memory_format=torch.channels_last)
-            vae.to(memory_format=torch.channels_last)
-        unet_ops, vae_ops, fused = "eager", "eager", False
-        if placement.cpu_fusion:  # after channels_last: the packed weights are opaque to .to()
-            kernel = cpu_attention.load_kernel()[0] if placement.cpu_attention else None
-            ops, ops_reason = cpu_ops.load_ops() if placement.unet_dtype == torch.bfloat16 else (None, "")
-            status = cpu_fusion.install(unet, kernel, ops)
-            unet_ops, fused = status.reason, status.applied
-            if fused and ops_reason:
-                unet_ops += f", norms {ops_reason}"
-            if fused:  # its resnets, upsamplers and convolutions the same way (the VAE is shared by the variants)
-                if base is self._injected_base:  # a caller's module is never modified: one copy, for every variant
-                    if self._vae_copy is None:
-                        self._vae_copy = copy.deepcopy(vae)
-                    vae = self._vae_copy
-                vae_ops = cpu_fusion.install(vae, None, ops).reason
+        vae, owned = self._vae, True  # placed and set up by an earlier variant
+        if vae is None:
+            vae = base.vae.eval().requires_grad_(False).to(device=home, dtype=placement.vae_dtype)
+            owned = base is not self._injected_base  # a caller's module is never rewritten, only copied
+        status = accel.install(unet, vae, placement, vae_owned=owned)
+        self._vae = vae = status.vae  # one VAE for every variant
         if placement.vae_tiling and hasattr(vae, "enable_tiling"):
             vae.enable_tiling()
-        release_cpu_memory()
         return ICLightModels(
             variant=variant,
             tokenizer=base.tokenizer,
             text_encoder=text_encoder,
             vae=vae,
-            unet=ConcatConditionedUNet(unet, share_batch=fused),
+            unet=ConcatConditionedUNet(unet),
             placement=placement,
             base_model=self.settings.base_model,
-            attention=attention,
-            unet_ops=unet_ops,
-            vae_ops=vae_ops,
+            attention=status.attention,
+            unet_ops=status.unet_ops,
+            vae_ops=status.vae_ops,
         )

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from core import accel
 from core.errors import IncompatibleModelError, InvalidParameterError
 from core.imaging.convert import (
     AMBIENT_GREY,
@@ -21,7 +22,6 @@ from core.imaging.convert import (
     resize_without_crop,
 )
 from core.lighting.lights import Light, fbc_background, fc_initial_image, light_map_image
-from core.models.devices import kept_heap, release_cpu_memory
 from core.models.loading import Variant
 from core.models.manager import ICLightModels
 from core.params import BGSource, Mode, RelightParams
@@ -118,8 +118,6 @@ def encode_batch(models: ICLightModels, images: list[np.ndarray]) -> torch.Tenso
 @torch.inference_mode()
 def decode(models: ICLightModels, latents: torch.Tensor) -> torch.Tensor:
     """Scaled latents to pixels in [-1, 1]."""
-    if models.device.type == "cpu":
-        release_cpu_memory()  # the decoder is the memory peak: start it from a trimmed heap
     vae = models.vae
     with models.active(vae):
         return vae.decode(latents.to(device=models.device, dtype=vae.dtype) / vae.config.scaling_factor).sample
@@ -133,13 +131,53 @@ def conditions(models: ICLightModels, params: RelightParams, fg: np.ndarray, bg:
     return encode_images(models, images), images
 
 
+def img2img_total_steps(steps: int, strength: float) -> int:
+    """The official demos' image-to-image schedule length: `steps` are the ones that run at `strength`."""
+    return int(round(steps / strength))
+
+
 def planned_steps(params: RelightParams, has_initial_image: bool) -> tuple[int, int]:
     """(low-res steps, high-res steps) that will actually run."""
     low = params.steps
     if has_initial_image:
-        low = count_img2img_steps(int(round(params.steps / params.lowres_denoise)), params.lowres_denoise)
-    high = count_img2img_steps(int(round(params.steps / params.highres_denoise)), params.highres_denoise)
+        low = count_img2img_steps(img2img_total_steps(params.steps, params.lowres_denoise), params.lowres_denoise)
+    high = count_img2img_steps(img2img_total_steps(params.steps, params.highres_denoise), params.highres_denoise)
     return low, high
+
+
+def img2img_start(
+    params: RelightParams, strength: float, init: torch.Tensor, generator: torch.Generator, device: torch.device
+):
+    """(scheduler, timesteps, latents) of an image-to-image pass: `init` noised to the pass's first timestep."""
+    scheduler = make_scheduler(params.sampler)
+    timesteps, _ = img2img_timesteps(scheduler, img2img_total_steps(params.steps, strength), strength, device)
+    return scheduler, timesteps, noised_latents(init, params.num_images, timesteps, scheduler, generator)
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """What every denoising step of both passes is conditioned on."""
+
+    cond: torch.Tensor  # positive prompt embeddings
+    uncond: torch.Tensor  # negative prompt embeddings
+    cfg: float  # classifier-free guidance scale
+
+
+def denoise_pass(
+    models: ICLightModels,
+    scheduler,
+    latents: torch.Tensor,
+    timesteps: torch.Tensor,
+    guidance: Guidance,
+    concat: torch.Tensor,
+    generator: torch.Generator,
+    progress: Progress,
+    stage: str,
+) -> torch.Tensor:
+    """One pass of the denoising loop with the UNet on its device, in the acceleration layer's sampling context."""
+    with models.active(models.unet), accel.sampling_context(models.placement):
+        return denoise(models.unet, scheduler, latents, timesteps, guidance.cond, guidance.uncond, guidance.cfg,
+                       concat, generator, progress, stage)  # fmt: skip
 
 
 @torch.inference_mode()
@@ -181,23 +219,18 @@ def relight(
             models.tokenizer, models.text_encoder, params.positive_prompt, params.negative_prompt, device
         )
     dtype = cond.dtype  # diffusers runs the latents in the prompt embeddings' dtype
+    guidance = Guidance(cond, uncond, params.cfg)
 
-    with models.active(models.unet):
-        # 5. Low-res pass: from noise, or image-to-image from the light's initial image
+    # 5. Low-res pass: from noise, or image-to-image from the light's initial image
+    if init_image is None:
         scheduler = make_scheduler(params.sampler)
-        if init_image is None:
-            scheduler.set_timesteps(params.steps, device=device)
-            timesteps = scheduler.timesteps
-            shape = (n, 4, height // 8, width // 8)
-            latents = initial_noise(shape, scheduler, generator, device, dtype)
-        else:
-            init = encode_batch(models, [resize_and_center_crop(init_image, width, height)])
-            total = int(round(params.steps / params.lowres_denoise))
-            timesteps, _ = img2img_timesteps(scheduler, total, params.lowres_denoise, device)
-            latents = noised_latents(init.to(dtype), n, timesteps, scheduler, generator)
-        with kept_heap(models.device.type == "cpu"):
-            latents = denoise(models.unet, scheduler, latents, timesteps, cond, uncond, params.cfg, concat,
-                              generator, progress, LOWRES)  # fmt: skip
+        scheduler.set_timesteps(params.steps, device=device)
+        timesteps = scheduler.timesteps
+        latents = initial_noise((n, 4, height // 8, width // 8), scheduler, generator, device, dtype)
+    else:
+        init = encode_batch(models, [resize_and_center_crop(init_image, width, height)])
+        scheduler, timesteps, latents = img2img_start(params, params.lowres_denoise, init.to(dtype), generator, device)
+    latents = denoise_pass(models, scheduler, latents, timesteps, guidance, concat, generator, progress, LOWRES)
 
     # 6. Decode, resize to the high-res size (no crop), re-encode
     pixels = pytorch2numpy(decode(models, latents))
@@ -208,14 +241,8 @@ def relight(
 
     # 7. High-res pass: image-to-image with the conditions re-encoded at the new size
     concat, _ = conditions(models, params, foreground, bg_for_concat, hr_width, hr_height)
-    with models.active(models.unet):
-        scheduler = make_scheduler(params.sampler)
-        total = int(round(params.steps / params.highres_denoise))
-        timesteps, _ = img2img_timesteps(scheduler, total, params.highres_denoise, device)
-        latents = noised_latents(latents.to(dtype), n, timesteps, scheduler, generator)
-        with kept_heap(models.device.type == "cpu"):
-            latents = denoise(models.unet, scheduler, latents, timesteps, cond, uncond, params.cfg, concat,
-                              generator, progress, HIGHRES)  # fmt: skip
+    scheduler, timesteps, latents = img2img_start(params, params.highres_denoise, latents.to(dtype), generator, device)
+    latents = denoise_pass(models, scheduler, latents, timesteps, guidance, concat, generator, progress, HIGHRES)
 
     # 8. Decode
     floats = None

@@ -42,10 +42,14 @@ SCHEDULER_CONFIGS: dict[Sampler, tuple[str, dict]] = {
 }
 
 
-def make_scheduler(sampler: Sampler):
-    """A fresh diffusers scheduler configured as in the official demos."""
+def make_scheduler(sampler: Sampler, fast: str = "off"):
+    """A fresh diffusers scheduler configured as in the official demos, or fast mode's own (core/recipe/fast.py)."""
     import diffusers
 
+    if fast != "off":
+        from core.recipe.fast import make_fast_scheduler
+
+        return make_fast_scheduler(fast)
     class_name, config = SCHEDULER_CONFIGS[Sampler(sampler)]
     return getattr(diffusers, class_name)(**config)
 
@@ -68,12 +72,9 @@ StepCallback = Callable[[StepInfo], None]
 class ConcatConditionedUNet(torch.nn.Module):
     """IC-Light's UNet: condition latents are concatenated to the noisy latents on the channel axis."""
 
-    def __init__(self, unet: torch.nn.Module, share_batch: bool = False) -> None:
+    def __init__(self, unet: torch.nn.Module) -> None:
         super().__init__()
         self.unet = unet
-        # The UNet computes a stride-0 batch of identical items once where it can (core/accel/fusion.py): classifier-
-        # free guidance feeds the same latents twice, and the halves only differ from the first cross-attention on.
-        self.share_batch = share_batch
 
     @property
     def in_channels(self) -> int:
@@ -87,8 +88,6 @@ class ConcatConditionedUNet(torch.nn.Module):
         sample = torch.cat([sample, concat], dim=1)
         if sample.shape[1] != self.in_channels:
             raise ValueError(f"UNet expects {self.in_channels} input channels but got {sample.shape[1]}")
-        if self.share_batch and sample.shape[0] > 1 and torch.equal(sample, sample[:1].expand_as(sample)):
-            sample = sample[:1].expand_as(sample)  # one item, held once
         return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
 
 
@@ -132,7 +131,7 @@ def _step_kwargs(scheduler, generator: torch.Generator) -> dict:
     accepted = set(inspect.signature(scheduler.step).parameters)
     kwargs = {}
     if "eta" in accepted:
-        kwargs["eta"] = 0.0
+        kwargs["eta"] = getattr(scheduler, "step_eta", 0.0)  # fast mode's TCD sets its gamma (core/recipe/fast.py)
     if "generator" in accepted:
         kwargs["generator"] = generator
     return kwargs
