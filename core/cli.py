@@ -7,6 +7,8 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -14,33 +16,102 @@ from core.errors import ICLightError, InvalidParameterError
 from core.lighting.lights import NAMED_AZIMUTHS, Light
 from core.models.loading import Variant
 from core.models.manager import add_model_flags, settings_from_flags
-from core.params import MODE_DEFAULTS, BGSource, Matting, Mode, RelightParams, Sampler, Upscale
+from core.params import (
+    LIGHT_CONTROLS,
+    MODE_DEFAULTS,
+    PARAM_SPECS,
+    BGSource,
+    Matting,
+    Mode,
+    RelightParams,
+    field_kinds,
+)
+from core.schema import Spec
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+REQUIRED = "required"  # a Spec.default_text that starts so is shown as is, not as "default ..."
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One relight flag: what argparse is given, and how --help and the README's parameter table show it."""
+
+    name: str  # argparse dest; the flag is --name with dashes
+    help: str  # what it does
+    default: str  # the default as shown ('' = none)
+    allowed: str  # range or choices as shown ('' = any)
+    options: dict[str, Any] = field(default_factory=dict)  # argparse keyword arguments (type, choices, action...)
+    literal: bool = True  # the default is a value (shown as code), not a sentence
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def relight_flags() -> list[Flag]:
+    """Every relight flag, built from the parameters' Specs (plus --variant and --no-remove-bg, which are not)."""
+    flags = []
+    kinds = field_kinds()
+    defaults = RelightParams()
+    for name, spec in PARAM_SPECS.items():
+        if spec.flag is None:
+            continue
+        kind = kinds[name]
+        by_mode = [f"{mode.value} {values[name]}" for mode, values in MODE_DEFAULTS.items() if name in values]
+        default = spec.default_text or (", ".join(by_mode) if by_mode else _shown(getattr(defaults, name)))
+        flags.append(_flag(spec.flag or name, spec, kind, default, literal=spec.default_text is None))
+        if name == "mode":
+            variants = [v.value for v in Variant]
+            text = "IC-Light weight file; fcon is fc trained with offset noise"
+            default = "fc, or fbc with --mode fbc"
+            flags.append(Flag("variant", text, default, ", ".join(variants), {"choices": variants}, literal=False))
+        elif kind is Light:
+            light = Light()
+            for form_name, control in LIGHT_CONTROLS.items():
+                if control.spec.flag is not None:
+                    value = getattr(light, control.field)
+                    flags.append(_flag(control.spec.flag or form_name, control.spec, type(value), _shown(value)))
+        elif name == "matting":
+            flags.append(Flag("no_remove_bg", "use the foreground as given (same as --matting none)", "off", "",
+                              {"action": "store_true"}))  # fmt: skip
+    return flags
+
+
+def _flag(name: str, spec: Spec, kind: type, default: str, literal: bool = True) -> Flag:
+    """The Flag of a described value of type `kind`."""
+    options: dict[str, Any] = {"metavar": spec.metavar} if spec.metavar else {}
+    allowed = spec.range_text()
+    if kind is Light:
+        allowed = "none, " + ", ".join(NAMED_AZIMUTHS) + " or an angle in degrees"
+    elif isinstance(kind, type) and issubclass(kind, Enum):
+        choices = [e.value for e in kind]
+        options["choices"], allowed = choices, ", ".join(choices)
+    elif kind is bool:
+        options = {"action": "store_true", "default": None}  # None: not given, so --from-png values stay
+    elif kind in (int, float):
+        options["type"] = kind
+        options.setdefault("metavar", "N" if kind is int else "X")
+    if kind is str and spec.max_length is not None:
+        allowed = f"at most {spec.max_length:,} characters"
+    return Flag(name, spec.help, default, allowed, options, literal)
+
+
+def _shown(value: Any) -> str:
+    """A default as --help shows it."""
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "none" if value is None else str(value)
+
+
+RELIGHT_FLAGS = relight_flags()
 # Flags whose value goes straight into RelightParams under this name.
-PARAM_FLAGS = {
-    "prompt": "prompt",
-    "width": "width",
-    "height": "height",
-    "steps": "steps",
-    "cfg": "cfg",
-    "seed": "seed",
-    "num_images": "num_images",
-    "lowres_denoise": "lowres_denoise",
-    "highres_scale": "highres_scale",
-    "highres_denoise": "highres_denoise",
-    "added_prompt": "added_prompt",
-    "negative_prompt": "negative_prompt",
-    "sampler": "sampler",
-    "bg_source": "bg_source",
-    "matting": "matting",
-    "keep_background": "keep_background",
-    "restore_details": "restore_details",
-    "detail_radius": "detail_radius",
-    "preserve_color": "preserve_color",
-    "upscale": "upscale",
-}
-LIGHT_FLAGS = ("elevation", "light_color", "light_intensity", "ambient")
+PARAM_FLAGS = {spec.flag or name: name for name, spec in PARAM_SPECS.items() if spec.flag is not None and spec.direct}
+# Flags that change the light (--light's azimuth aside), and the Light field each sets.
+LIGHT_FLAGS = {c.spec.flag or name: c.field for name, c in LIGHT_CONTROLS.items() if c.spec.flag is not None}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,7 +124,7 @@ class _Parser(argparse.ArgumentParser):
 # Subcommands defined next to the function they expose: each module has `register(sub)`, which adds its parser and
 # sets `run` (a function of the parsed arguments returning the exit code). Imported when the parser is built, so
 # these modules import nothing heavy at the top.
-COMMAND_MODULES: tuple[str, ...] = ("core.batch.cli", "core.data.cli")
+COMMAND_MODULES: tuple[str, ...] = ("core.batch.cli", "core.train.cli", "core.data.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,39 +158,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_relight_flags(r: argparse.ArgumentParser) -> None:
     """The flags that set RelightParams (shared by `relight` and every command that relights)."""
-    r.add_argument("--prompt", help="subject and lighting description, e.g. 'beautiful woman, sunset over sea'")
-    r.add_argument("--mode", choices=[m.value for m in Mode], help="fc: text+foreground (default); fbc: +background")
-    r.add_argument("--variant", choices=[v.value for v in Variant], help="weights: fc (default), fcon, fbc")
-    r.add_argument("--light", help="none, left, right, top, bottom, or an azimuth in degrees (0 = from the right)")
-    r.add_argument("--elevation", type=float, help="light elevation in degrees (0 = grazing, 90 = from camera)")
-    r.add_argument("--light-color", help="light colour as hex, e.g. '#ffb070'")
-    r.add_argument("--light-intensity", type=float, help="light intensity 0..2 (default 1)")
-    r.add_argument("--ambient", type=float, help="ambient light 0..1 (default 0)")
-    r.add_argument("--bg-source", choices=[b.value for b in BGSource], help="fbc background condition")
-    r.add_argument("--width", type=int, help="low-res width, multiple of 8 (default 512)")
-    r.add_argument("--height", type=int, help="low-res height, multiple of 8 (default 640)")
-    r.add_argument("--steps", type=int, help="sampling steps (fc 25, fbc 20)")
-    r.add_argument("--cfg", type=float, help="guidance scale (fc 2, fbc 7)")
-    r.add_argument("--seed", type=int, help="random seed (default 12345)")
-    r.add_argument("--num-images", type=int, help="images per run, 1..12 (default 1)")
-    r.add_argument("--lowres-denoise", type=float, help="fc with a light: low-res denoise (default 0.9)")
-    r.add_argument("--highres-scale", type=float, help="high-res pass scale 1..3 (default 1.5)")
-    r.add_argument("--highres-denoise", type=float, help="high-res pass denoise (default 0.5)")
-    r.add_argument("--added-prompt", help="appended to the prompt (default 'best quality')")
-    r.add_argument("--negative-prompt", help="negative prompt")
-    r.add_argument("--sampler", choices=[s.value for s in Sampler], help="default dpmpp_2m_sde_karras")
-    r.add_argument("--matting", choices=[m.value for m in Matting], help="foreground extraction (default rmbg)")
-    r.add_argument("--no-remove-bg", action="store_true", help="use the foreground as given (= --matting none)")
-    r.add_argument("--keep-background", action="store_true", default=None, help="keep the original background")
-    r.add_argument("--restore-details", action="store_true", default=None, help="transfer fine detail back")
-    r.add_argument("--detail-radius", type=float, help="detail blur radius in px at 512 px (default 5)")
-    r.add_argument("--preserve-color", type=float, help="0..1: pull colours toward the original (default 0)")
-    r.add_argument("--upscale", choices=[u.value for u in Upscale], help="Real-ESRGAN upscaling (default off)")
+    for flag in RELIGHT_FLAGS:
+        allowed = "" if "choices" in flag.options else flag.allowed  # argparse lists the choices itself
+        default = flag.default if flag.default.startswith(REQUIRED) else flag.default and f"default {flag.default}"
+        details = "; ".join(part for part in (allowed, default) if part)
+        r.add_argument(flag.option, dest=flag.name, help=f"{flag.help} ({details})", **flag.options)
+
+
+def params_table() -> str:
+    """The README's relight-parameter table (Markdown), one row per flag."""
+    rows = ["| flag | default | range / choices | meaning |", "| --- | --- | --- | --- |"]
+    for flag in RELIGHT_FLAGS:
+        default = f"`{flag.default}`" if flag.literal and flag.default else flag.default
+        cells = (f"`{flag.option}`", default, flag.allowed, flag.help)
+        rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(rows) + "\n"
 
 
 def parse_light(args: argparse.Namespace, base: Light | None) -> tuple[Light | None, bool]:
     """(light, given) from --light and its modifiers; `base` is the light of a --from-png run."""
-    modifiers = {name: getattr(args, name) for name in LIGHT_FLAGS if getattr(args, name) is not None}
+    modifiers = {field: getattr(args, flag) for flag, field in LIGHT_FLAGS.items() if getattr(args, flag) is not None}
     if args.light is None and not modifiers:
         return base, False
     light = base
@@ -139,8 +197,7 @@ def parse_light(args: argparse.Namespace, base: Light | None) -> tuple[Light | N
                     f"--light should be none, left, right, top, bottom or an angle in degrees but is {args.light!r}"
                 ) from None
     light = light or Light()
-    renames = {"light_color": "color", "light_intensity": "intensity"}
-    return Light(**{**light.to_dict(), **{renames.get(k, k): v for k, v in modifiers.items()}}), True
+    return Light(**{**light.to_dict(), **modifiers}), True
 
 
 def params_from_args(args: argparse.Namespace) -> RelightParams:

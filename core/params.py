@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 from core.errors import InvalidParameterError
-from core.lighting.lights import Light
+from core.lighting.lights import FULL_TURN, MAX_ELEVATION, MAX_INTENSITY, Light
+from core.schema import Spec, check_value, from_known_fields, param, specs
 
 MAX_SEED = 2**32 - 1
 MIN_SIDE, MAX_SIDE = 64, 2048
@@ -105,43 +108,96 @@ MODE_DEFAULTS: dict[Mode, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class RelightParams:
-    """Everything that decides a relight, except the images themselves."""
+    """Everything that decides a relight, except the images themselves; each field's Spec says its range and help."""
 
-    mode: Mode = Mode.FC  # fc: text + foreground; fbc: text + foreground + background
-    prompt: str = ""  # subject and lighting description
-    added_prompt: str = DEFAULT_ADDED_PROMPT  # appended to the prompt as ", <added>"
-    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
-    width: int = 512  # low-res pass size in pixels, multiple of 8
-    height: int = 640
-    num_images: int = 1  # images generated in one batch
-    seed: int = 12345  # seeds the single generator that drives both passes
-    steps: int = 25  # about this many denoising steps run in each pass
-    cfg: float = 2.0  # classifier-free guidance scale; 1 disables the unconditional branch
-    lowres_denoise: float = 0.9  # fc with a light: strength of the image-to-image low-res pass
-    highres_scale: float = 1.5  # high-res pass size = round(size * scale / 64) * 64
-    highres_denoise: float = 0.5  # strength of the high-res image-to-image pass
-    sampler: Sampler = Sampler.DPMPP_2M_SDE_KARRAS
-    light: Light | None = None  # fc: initial-latent light (None = from noise); fbc: used when bg_source is LIGHT
-    bg_source: BGSource = BGSource.UPLOAD  # fbc only: where the background condition comes from
-    matting: Matting = Matting.RMBG  # foreground extraction before sampling (GrabCut fallback offline)
-    keep_background: bool = False  # keep the original background instead of neutral grey
-    restore_details: bool = False  # frequency-separation detail transfer from the input
-    detail_radius: float = 5.0  # blur radius in px at 512 px for restore_details (scaled with size)
-    preserve_color: float = 0.0  # 0..1: pull the relit chroma toward the original's
-    upscale: Upscale = Upscale.OFF
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # free-form notes kept in metadata
+    mode: Mode = param(Mode.FC, help="fc: text + foreground; fbc: text + foreground + background", direct=False)
+    prompt: str = param(
+        "",
+        help="subject and lighting, e.g. 'beautiful woman, sunset over sea'; encoded in 75-token chunks, never cut",
+        label="Prompt",
+        metavar="TEXT",
+        default_text="required unless --from-png",
+    )
+    added_prompt: str = param(
+        DEFAULT_ADDED_PROMPT, help="appended to the prompt as ', <added>'", label="Added prompt", metavar="TEXT"
+    )
+    negative_prompt: str = param(
+        DEFAULT_NEGATIVE_PROMPT, help="what the images should not show", label="Negative prompt", metavar="TEXT"
+    )
+    width: int = param(
+        512, help="low-res pass width in px", label="Width", metavar="PX", low=MIN_SIDE, high=MAX_SIDE,
+        multiple_of=VAE_SCALE, slider=(256, 1024, 64),
+    )  # fmt: skip
+    height: int = param(
+        640, help="low-res pass height in px", label="Height", metavar="PX", low=MIN_SIDE, high=MAX_SIDE,
+        multiple_of=VAE_SCALE, slider=(256, 1024, 64),
+    )  # fmt: skip
+    num_images: int = param(1, help="images generated in one batch", label="Images", low=1, high=12, slider=(1, 12, 1))
+    seed: int = param(
+        12345, help="seeds the one generator that drives both passes", label="Seed", low=0, high=MAX_SEED
+    )
+    steps: int = param(
+        25, help="denoising steps (about this many run in each pass)", label="Steps", low=1, high=100,
+        slider=(1, 100, 1),
+    )  # fmt: skip
+    cfg: float = param(
+        2.0, help="classifier-free guidance scale; 1 skips the unconditional branch", label="CFG scale", low=1.0,
+        high=32.0, slider=(1.0, 32.0, 0.01),
+    )  # fmt: skip
+    lowres_denoise: float = param(
+        0.9, help="fc with a light: strength of the image-to-image low-res pass",
+        label="Lowres denoise (for initial latent)", low=0.0, low_open=True, high=1.0, slider=(0.1, 1.0, 0.01),
+        modes=("fc",),
+    )  # fmt: skip
+    highres_scale: float = param(
+        1.5, help="high-res pass size = round(size * scale / 64) * 64", label="Highres scale", low=1.0, high=3.0,
+        slider=(1.0, 3.0, 0.01),
+    )  # fmt: skip
+    highres_denoise: float = param(
+        0.5, help="strength of the high-res image-to-image pass", label="Highres denoise", low=0.0, low_open=True,
+        high=1.0, slider=(0.1, 1.0, 0.01), fbc_slider_high=0.9,
+    )  # fmt: skip
+    sampler: Sampler = param(
+        Sampler.DPMPP_2M_SDE_KARRAS, help="sampler (DPM++ 2M SDE Karras is the official demos' one)", label="Sampler"
+    )
+    light: Light | None = param(
+        None, help="fc: initial-latent light (none = from noise); fbc: the gradient of --bg-source light; "
+        "an azimuth in degrees: 0 = from the right, 90 = top, 180 = left, 270 = bottom",
+        metavar="none|left|right|top|bottom|DEGREES", direct=False, default_text="none",
+    )  # fmt: skip
+    bg_source: BGSource = param(
+        BGSource.UPLOAD, help="fbc only: where the background condition comes from (light = gradient from --light)"
+    )
+    matting: Matting = param(
+        Matting.RMBG, help="foreground extraction before sampling (GrabCut when the model is unavailable offline)",
+        label="Background removal",
+    )  # fmt: skip
+    keep_background: bool = param(
+        False, help="keep the original background instead of neutral grey", label="Keep original background"
+    )
+    restore_details: bool = param(
+        False, help="transfer the original's fine detail back (frequency separation)", label="Restore details"
+    )
+    detail_radius: float = param(
+        5.0, help="blur radius of --restore-details at 512 px (scaled with size)", label="Detail radius (px at 512)",
+        low=0.5, high=64, unit="px", slider=(1.0, 20.0, 0.5), metavar="PX",
+    )  # fmt: skip
+    preserve_color: float = param(
+        0.0, help="pull the relit colours toward the original's", label="Preserve colour", low=0.0, high=1.0,
+        slider=(0.0, 1.0, 0.05),
+    )  # fmt: skip
+    upscale: Upscale = param(
+        Upscale.OFF, help="Real-ESRGAN x4plus upscaling; 1080p = short side exactly 1080", label="Upscale"
+    )
+    extra: dict[str, Any] = param(
+        default_factory=dict, compare=False, help="free-form notes kept in the metadata", flag=None
+    )
 
     def __post_init__(self) -> None:
-        for name, enum in (
-            ("mode", Mode),
-            ("sampler", Sampler),
-            ("bg_source", BGSource),
-            ("matting", Matting),
-            ("upscale", Upscale),
-        ):
+        for name, kind in field_kinds().items():
             value = getattr(self, name)
-            if not isinstance(value, enum):
-                object.__setattr__(self, name, coerce_enum(enum, value, name))
+            if issubclass(kind, Enum) and not isinstance(value, kind):
+                object.__setattr__(self, name, coerce_enum(kind, value, name))
         self.validate()
 
     @classmethod
@@ -161,30 +217,10 @@ class RelightParams:
         return _round64(self.width * self.highres_scale), _round64(self.height * self.highres_scale)
 
     def validate(self) -> None:
-        """Raise InvalidParameterError naming the first out-of-range value."""
-        for name in ("width", "height"):
-            value = getattr(self, name)
-            _check_int(name, value)
-            if value % VAE_SCALE or not MIN_SIDE <= value <= MAX_SIDE:
-                raise InvalidParameterError(
-                    f"{name} should be a multiple of {VAE_SCALE} in [{MIN_SIDE}, {MAX_SIDE}] but is {value}"
-                )
-        _check_range("steps", self.steps, 1, 100, integer=True)
-        _check_range("num_images", self.num_images, 1, 12, integer=True)
-        _check_range("seed", self.seed, 0, MAX_SEED, integer=True)
-        _check_range("cfg", self.cfg, 1.0, 32.0)
-        _check_range("highres_scale", self.highres_scale, 1.0, 3.0)
-        for name in ("lowres_denoise", "highres_denoise"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
-                raise InvalidParameterError(f"{name} should be in (0.0, 1.0] but is {value!r}")
-        radius = self.detail_radius
-        if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not 0.5 <= radius <= 64:
-            raise InvalidParameterError(f"detail_radius should be in [0.5, 64] px but is {self.detail_radius!r}")
-        _check_range("preserve_color", self.preserve_color, 0.0, 1.0)
-        for name in ("prompt", "added_prompt", "negative_prompt"):
-            if not isinstance(getattr(self, name), str):
-                raise InvalidParameterError(f"{name} should be a string but is {getattr(self, name)!r}")
+        """Raise InvalidParameterError naming the first value outside its Spec."""
+        kinds = field_kinds()
+        for name, spec in PARAM_SPECS.items():
+            check_value(name, getattr(self, name), kinds[name], spec)
         if self.light is not None and not isinstance(self.light, Light):
             raise InvalidParameterError(f"light should be a Light or None but is {self.light!r}")
         if self.bg_source is BGSource.LIGHT and self.light is None:
@@ -212,14 +248,24 @@ class RelightParams:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RelightParams:
         """Inverse of `to_dict`; unknown keys are an error so a typo never passes silently."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise InvalidParameterError(f"unknown parameter(s) {unknown}; known: {sorted(names)}")
-        data = dict(data)
-        if isinstance(data.get("light"), dict):
-            data["light"] = Light.from_dict(data["light"])
-        return cls(**data)
+        if isinstance(data, dict) and isinstance(data.get("light"), dict):
+            data = {**data, "light": Light.from_dict(data["light"])}
+        return from_known_fields(cls, data, "parameter")
+
+
+PARAM_SPECS: dict[str, Spec] = specs(RelightParams)  # every parameter's range, help, label and flag
+
+
+@functools.cache
+def field_kinds() -> dict[str, type]:
+    """The plain type (int, float, bool, str, an Enum, Light, dict) of each RelightParams field."""
+    kinds = {}
+    for name, hint in typing.get_type_hints(RelightParams).items():
+        if typing.get_origin(hint) is dict:
+            kinds[name] = dict
+        else:  # `X | None` is X
+            kinds[name] = next((arg for arg in typing.get_args(hint) if arg is not type(None)), hint)
+    return kinds
 
 
 def _round64(x: float) -> int:
@@ -235,15 +281,33 @@ def coerce_enum(enum: type[Enum], value: Any, name: str) -> Any:
         raise InvalidParameterError(f"{name} should be one of {choices} but is {value!r}") from None
 
 
-def _check_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidParameterError(f"{name} should be an integer but is {value!r}")
+@dataclass(frozen=True)
+class LightControl:
+    """One property of the placed light as the CLI (--NAME) and the apps' light pad (form field NAME) offer it."""
+
+    field: str  # the Light field it sets
+    spec: Spec  # range, help, pad label and slider; Light itself validates
 
 
-def _check_range(name: str, value: Any, low: float, high: float, integer: bool = False) -> None:
-    if integer:
-        _check_int(name, value)
-    elif isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidParameterError(f"{name} should be a number but is {value!r}")
-    if not low <= value <= high:
-        raise InvalidParameterError(f"{name} should be in [{low}, {high}] but is {value}")
+# The light's controls, keyed by their form name (the CLI flag is the same with dashes). Light checks the values;
+# the ranges here are Light's, for --help, the README and the pad sliders.
+LIGHT_CONTROLS: dict[str, LightControl] = {
+    "azimuth": LightControl("azimuth", Spec(
+        "light direction in degrees: 0 = from the right, 90 = top", flag=None,
+        label="Azimuth (0 = right, 90 = top)", low=0, high=FULL_TURN, slider=(0, FULL_TURN, 1),
+    )),
+    "elevation": LightControl("elevation", Spec(
+        "light elevation in degrees: 0 = grazing from the side, 90 = from the camera", label="Elevation (90 = camera)",
+        low=0, high=MAX_ELEVATION, slider=(0, MAX_ELEVATION, 1), metavar="DEG",
+    )),
+    "light_color": LightControl("color", Spec(
+        "light colour as #rrggbb, e.g. '#ffb070'", label="Light colour", metavar="HEX",
+    )),
+    "light_intensity": LightControl("intensity", Spec(
+        "light intensity on the lit side", label="Intensity", low=0, high=MAX_INTENSITY,
+        slider=(0, MAX_INTENSITY, 0.05), metavar="X",
+    )),
+    "ambient": LightControl("ambient", Spec(
+        "light reaching the unlit side", label="Ambient", low=0, high=1, slider=(0, 1, 0.05), metavar="X",
+    )),
+}  # fmt: skip

@@ -40,8 +40,12 @@ class RelightOutcome:
     seconds: float = 0.0
 
 
-def as_loaded(image: LoadedImage | np.ndarray | str | Path | bytes | None, what: str) -> LoadedImage | None:
+def as_loaded(
+    image: LoadedImage | np.ndarray | str | Path | bytes | None, what: str, required: bool = False
+) -> LoadedImage | None:
     """Accept a LoadedImage, an array, a path or bytes; validate through the shared image loader."""
+    if image is None and required:
+        raise InvalidParameterError(f"no {what} image was given; upload (or paste) one first")
     if image is None or isinstance(image, LoadedImage):
         return image
     try:
@@ -119,9 +123,7 @@ class Relighter:
 
         started = time.perf_counter()
         # 1. Validate and load inputs
-        fg = as_loaded(foreground, "foreground")
-        if fg is None:
-            raise InvalidParameterError("no foreground image was given; upload a photo of the subject")
+        fg = as_loaded(foreground, "foreground", required=True)
         bg = as_loaded(background, "background")
         lmap = as_loaded(light_map, "light map")
         # 2. Foreground extraction
@@ -188,9 +190,7 @@ class Relighter:
         from core.lighting.preview import preview_relight
 
         params = params or RelightParams(matting=Matting.RMBG)
-        fg = as_loaded(foreground, "foreground")
-        if fg is None:
-            raise InvalidParameterError("no foreground image was given; upload a photo of the subject")
+        fg = as_loaded(foreground, "foreground", required=True)
         matting = self.matter.extract(fg, params.matting, keep_background=True)
         bg = as_loaded(background, "background")
         bg_rgb = None
@@ -218,9 +218,7 @@ class Relighter:
         from core.finishing.normals import NORMAL_LIGHTS, compute_normals
         from core.recipe.pipeline import planned_steps, relight
 
-        fg = as_loaded(foreground, "foreground")
-        if fg is None:
-            raise InvalidParameterError("no foreground image was given; upload a photo of the subject")
+        fg = as_loaded(foreground, "foreground", required=True)
         bg = as_loaded(background, "background")
         matting = self.extract(fg, params, sigma=NORMAL_SIGMA)
         per_run = sum(planned_steps(params, has_initial_image=False))

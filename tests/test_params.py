@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 
 from core.errors import InvalidParameterError
 from core.lighting.lights import Light
-from core.params import BGSource, Mode, RelightParams, Sampler
+from core.params import PARAM_SPECS, BGSource, Mode, RelightParams, Sampler, field_kinds
 
 
 def test_mode_defaults_are_the_official_ones():
@@ -66,3 +69,82 @@ def test_highres_size_and_positive_prompt():
     params = RelightParams(prompt="a cat", width=512, height=640, highres_scale=1.5)
     assert params.highres_size == (768, 960)
     assert params.positive_prompt == "a cat, best quality"
+
+
+# -- the schema: one Spec per field drives the validation, the CLI, the form and the README ---------------------
+
+
+def test_every_field_has_a_spec_with_help():
+    assert set(PARAM_SPECS) == {f.name for f in dataclasses.fields(RelightParams)}
+    assert all(spec.help for spec in PARAM_SPECS.values())
+
+
+def test_each_range_is_enforced_at_its_bounds():
+    kinds = field_kinds()
+    for name, spec in PARAM_SPECS.items():
+        if spec.low is None:
+            continue
+        kind = kinds[name]
+        step = spec.multiple_of or (1 if kind is int else 0.01)
+        params = RelightParams.for_mode("fc", **{name: kind(spec.high)})
+        assert getattr(params, name) == spec.high
+        with pytest.raises(InvalidParameterError, match=f"{name} should be .* but is"):
+            RelightParams(**{name: kind(spec.high + step)})
+        with pytest.raises(InvalidParameterError, match=f"{name} should be .* but is"):
+            RelightParams(**{name: kind(spec.low - step if not spec.low_open else spec.low)})
+
+
+@pytest.mark.parametrize(("field", "value"), [("keep_background", "false"), ("restore_details", 1)])
+def test_booleans_take_only_booleans(field, value):
+    with pytest.raises(InvalidParameterError, match=f"{field} should be true or false but is {value!r}"):
+        RelightParams(**{field: value})
+
+
+def test_unknown_keys_are_named_for_params_and_lights():
+    with pytest.raises(InvalidParameterError, match=r"unknown parameter field\(s\) \['stepz'\]"):
+        RelightParams.from_dict({"stepz": 3})
+    with pytest.raises(InvalidParameterError, match=r"unknown light field\(s\) \['hue'\]"):
+        Light.from_dict({"hue": 3})
+    with pytest.raises(InvalidParameterError, match="parameter should be a mapping of field names to values but is"):
+        RelightParams.from_dict(["steps", 3])
+
+
+def test_cli_flags_and_help_come_from_the_specs():
+    from core.cli import LIGHT_FLAGS, PARAM_FLAGS, RELIGHT_FLAGS, build_parser
+
+    direct = {name for name, spec in PARAM_SPECS.items() if spec.flag is not None and spec.direct}
+    assert set(PARAM_FLAGS.values()) == direct
+    assert LIGHT_FLAGS == {"elevation": "elevation", "light_color": "color", "light_intensity": "intensity",
+                           "ambient": "ambient"}  # fmt: skip
+    help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["relight"].format_help().split())
+    for flag in RELIGHT_FLAGS:
+        assert flag.option in help_text
+    assert "--width PX low-res pass width in px (a multiple of 8 in [64, 2048]; default 512)" in help_text
+    assert "([1, 100]; default fc 25, fbc 20)" in help_text
+    assert "(default best quality)" in help_text
+
+
+def test_form_sliders_stay_inside_the_valid_ranges():
+    from ui.form import INT_FIELDS, PLAIN_FIELDS, ranges
+
+    for mode in Mode:
+        for name, (low, high) in ranges(mode).items():
+            spec = PARAM_SPECS[name]
+            assert spec.low <= low <= high <= spec.high, name
+    assert set(INT_FIELDS) == {"seed", "width", "height", "num_images", "steps"}
+    assert "lowres_denoise" in ranges(Mode.FC) and "lowres_denoise" not in ranges(Mode.FBC)
+    assert ranges(Mode.FBC)["highres_denoise"] == (0.1, 0.9)
+    assert {"mode", "light", "bg_source", "extra"}.isdisjoint(INT_FIELDS + PLAIN_FIELDS)
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+TABLE_START, TABLE_END = "<!-- params:start -->", "<!-- params:end -->"
+
+
+def test_readme_parameter_table_is_the_one_the_schema_renders():
+    from core.cli import params_table
+
+    text = README.read_text(encoding="utf-8")
+    assert TABLE_START in text and TABLE_END in text, "README.md lost its parameter-table markers"
+    shown = text.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0].strip()
+    assert shown == params_table().strip(), "README's table is stale: paste core.cli.params_table() between markers"

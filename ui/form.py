@@ -9,7 +9,8 @@ from typing import Any
 
 from core.errors import InvalidParameterError
 from core.lighting.lights import Light
-from core.params import BGSource, LightDirection, Mode, RelightParams
+from core.params import LIGHT_CONTROLS, PARAM_SPECS, BGSource, LightDirection, Mode, RelightParams, field_kinds
+from core.schema import Spec
 
 logger = logging.getLogger(__name__)
 
@@ -25,46 +26,17 @@ _NAMED_LABELS = {
 }
 # fbc sources that are a light gradient: moving the pad light replaces them; an uploaded background is kept.
 GRADIENT_SOURCES = frozenset({BGSource.LEFT, BGSource.RIGHT, BGSource.TOP, BGSource.BOTTOM, BGSource.LIGHT})
-PAD_FIELDS = ("azimuth", "elevation", "light_color", "light_intensity", "ambient")  # form names of the pad light
-_PAD_TO_LIGHT = {
-    "azimuth": "azimuth",
-    "elevation": "elevation",
-    "light_color": "color",
-    "light_intensity": "intensity",
-    "ambient": "ambient",
-}
+PAD_FIELDS = tuple(LIGHT_CONTROLS)  # form names of the pad light
+_PAD_TO_LIGHT = {name: control.field for name, control in LIGHT_CONTROLS.items()}
 
-INT_FIELDS = ("seed", "width", "height", "num_images", "steps")
-PLAIN_FIELDS = (
-    "prompt",
-    "added_prompt",
-    "negative_prompt",
-    "cfg",
-    "lowres_denoise",
-    "highres_scale",
-    "highres_denoise",
-    "sampler",
-    "matting",
-    "keep_background",
-    "restore_details",
-    "detail_radius",
-    "preserve_color",
-    "upscale",
-)
+# The RelightParams fields on the form (those with a label), split into integers and the rest.
+FORM_FIELDS = tuple(name for name, spec in PARAM_SPECS.items() if spec.label is not None)
+INT_FIELDS = tuple(name for name in FORM_FIELDS if field_kinds()[name] is int)
+PLAIN_FIELDS = tuple(name for name in FORM_FIELDS if name not in INT_FIELDS)
 # Slider ranges of the form (official demo ranges); also used to fit settings loaded from a PNG.
 RANGES: dict[str, tuple[float, float]] = {
-    "width": (256, 1024),
-    "height": (256, 1024),
-    "num_images": (1, 12),
-    "steps": (1, 100),
-    "cfg": (1.0, 32.0),
-    "lowres_denoise": (0.1, 1.0),
-    "highres_scale": (1.0, 3.0),
-    "highres_denoise": (0.1, 1.0),
-    "detail_radius": (1.0, 20.0),
-    "preserve_color": (0.0, 1.0),
+    name: spec.slider[:2] for name, spec in PARAM_SPECS.items() if spec.slider is not None
 }
-FBC_HIGHRES_DENOISE_MAX = 0.9  # the official fbc demo's slider stops here
 
 
 # -- form values <-> parameters ------------------------------------------------------------------------------------
@@ -156,9 +128,27 @@ def values_from_params(mode: Mode, params: RelightParams) -> tuple[dict[str, Any
 
 
 def ranges(mode: Mode) -> dict[str, tuple[float, float]]:
-    """Slider ranges of the app for `mode`."""
-    out = dict(RANGES)
-    if mode is Mode.FBC:
-        out["highres_denoise"] = (RANGES["highres_denoise"][0], FBC_HIGHRES_DENOISE_MAX)
-        del out["lowres_denoise"]  # fbc has no image-to-image low-res pass
+    """Slider ranges of the app for `mode` (fields the app does not show are left out)."""
+    out = {}
+    for name, (low, high) in RANGES.items():
+        spec = PARAM_SPECS[name]
+        if Mode(mode).value in spec.modes:
+            out[name] = (low, spec.fbc_slider_high) if mode is Mode.FBC and spec.fbc_slider_high else (low, high)
     return out
+
+
+def field_spec(name: str) -> Spec:
+    """The Spec of a form field: a RelightParams field or a light-pad control."""
+    return LIGHT_CONTROLS[name].spec if name in LIGHT_CONTROLS else PARAM_SPECS[name]
+
+
+def label(name: str) -> str:
+    """The form's label for field `name`."""
+    return field_spec(name).label or name
+
+
+def slider_step(name: str) -> float:
+    """The slider step of field `name`."""
+    slider = field_spec(name).slider
+    assert slider is not None, f"{name} has no slider"
+    return slider[2]

@@ -14,7 +14,7 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
-from core.errors import ICLightError, InvalidParameterError
+from core.errors import ICLightError
 from core.imaging.inputs import LoadedImage
 from core.lighting.lights import Light
 from core.models.loading import ICLIGHT_HUB_REPO, Variant, offline_mode
@@ -94,10 +94,7 @@ _ERROR_TITLES = {
 
 def load_input(image: Any, what: str, required: bool = True) -> LoadedImage | None:
     """Decode an uploaded image through the shared loader; a missing required one is a readable error."""
-    loaded = as_loaded(image, what)
-    if loaded is None and required:
-        raise InvalidParameterError(f"no {what} image was given; upload (or paste) one first")
-    return loaded
+    return as_loaded(image, what, required)
 
 
 def matte_image(matte: np.ndarray) -> np.ndarray:

@@ -15,10 +15,7 @@ from core.lighting.prompt_words import SUBJECT_ITEMS, replace_lighting, split_it
 from core.lighting.suggest import MOODS
 from core.models.manager import ModelManager
 from core.params import (
-    DEFAULT_ADDED_PROMPT,
-    DEFAULT_NEGATIVE_PROMPT,
     MAX_SEED,
-    MODE_DEFAULTS,
     Matting,
     Mode,
     RelightParams,
@@ -26,7 +23,7 @@ from core.params import (
     Upscale,
 )
 from core.service import Relighter
-from ui.form import CHOICE_NAMES, PAD_FIELDS, ranges
+from ui.form import CHOICE_NAMES, INT_FIELDS, PAD_FIELDS, field_spec, label, pad_values, ranges, slider_step
 from ui.handlers import NORMALS_OUTPUTS, RELIGHT_OUTPUTS, AppHandlers, pad_image
 from ui.settings import AppSettings
 
@@ -113,9 +110,11 @@ def make_relighter(settings: AppSettings) -> Relighter:
     return Relighter(ModelManager(settings.model), outputs_dir=settings.outputs_dir)
 
 
-def _slider(page: Page, name: str, label: str, default: float, step: float, integer: bool = False) -> gr.Slider:
+def _slider(page: Page, name: str, default: float) -> gr.Slider:
+    """The slider of a form field, its range, step and label from the parameter's Spec."""
     low, high = ranges(page.spec.mode)[name]
-    slider = gr.Slider(low, high, value=default, step=step, precision=0 if integer else None, label=label)
+    precision = 0 if name in INT_FIELDS else None
+    slider = gr.Slider(low, high, value=default, step=slider_step(name), precision=precision, label=label(name))
     page.inputs[name] = slider
     return slider
 
@@ -123,7 +122,7 @@ def _slider(page: Page, name: str, label: str, default: float, step: float, inte
 def _build_prompt(page: Page) -> None:
     """Prompt with the lighting-suggestion controls beside it."""
     with gr.Row(equal_height=True):
-        page.inputs["prompt"] = gr.Textbox(label="Prompt", scale=4, placeholder="subject, lighting")
+        page.inputs["prompt"] = gr.Textbox(label=label("prompt"), scale=4, placeholder="subject, lighting")
         page.parts["mood"] = gr.Dropdown(["", *MOODS], value="", label="Mood", scale=1, min_width=110)
         page.parts["suggest"] = gr.Button("Suggest lighting", scale=1, min_width=110)
     page.parts["suggestions"] = gr.JSON(label="Lighting suggestions", visible=False)
@@ -143,13 +142,13 @@ def _build_size(page: Page) -> None:
     with gr.Group():
         with gr.Row():
             page.inputs["seed"] = gr.Number(
-                label="Seed", value=RelightParams.seed, precision=0, minimum=0, maximum=MAX_SEED
+                label=label("seed"), value=RelightParams.seed, precision=0, minimum=0, maximum=MAX_SEED
             )
             page.inputs["randomize_seed"] = gr.Checkbox(label="Randomize seed", value=False)
-            _slider(page, "num_images", "Images", 1, 1, integer=True)
+            _slider(page, "num_images", RelightParams.num_images)
         with gr.Row():
-            _slider(page, "width", "Width", RelightParams.width, 64, integer=True)
-            _slider(page, "height", "Height", RelightParams.height, 64, integer=True)
+            _slider(page, "width", RelightParams.width)
+            _slider(page, "height", RelightParams.height)
 
 
 def _build_light_pad(page: Page) -> None:
@@ -166,31 +165,31 @@ def _build_light_pad(page: Page) -> None:
                 buttons=[],
             )
             page.parts["preview"] = gr.Image(label="Instant preview", interactive=False, height=IMAGE_HEIGHT * 3 // 4)
-        with gr.Row():
-            page.inputs["azimuth"] = gr.Slider(
-                0, 360, value=light.azimuth, step=1, label="Azimuth (0 = right, 90 = top)"
-            )
-            page.inputs["elevation"] = gr.Slider(0, 90, value=light.elevation, step=1, label="Elevation (90 = camera)")
-        with gr.Row():
-            page.inputs["light_color"] = gr.ColorPicker(value=light.color, label="Light colour")
-            page.inputs["light_intensity"] = gr.Slider(0, 2, value=light.intensity, step=0.05, label="Intensity")
-            page.inputs["ambient"] = gr.Slider(0, 1, value=light.ambient, step=0.05, label="Ambient")
+        values = dict(zip(PAD_FIELDS, pad_values(light), strict=True))
+        for row in (PAD_FIELDS[:2], PAD_FIELDS[2:]):  # direction, then colour and strength
+            with gr.Row():
+                for name in row:
+                    slider = field_spec(name).slider
+                    if slider is None:  # the colour
+                        page.inputs[name] = gr.ColorPicker(value=values[name], label=label(name))
+                    else:
+                        low, high, step = slider
+                        page.inputs[name] = gr.Slider(low, high, value=values[name], step=step, label=label(name))
 
 
 def _build_advanced(page: Page) -> None:
     """Sampling settings with the official defaults of the app's mode."""
     defaults = RelightParams.for_mode(page.spec.mode)
     with gr.Accordion("Advanced", open=False):
-        _slider(page, "steps", "Steps", MODE_DEFAULTS[page.spec.mode]["steps"], 1, integer=True)
-        _slider(page, "cfg", "CFG scale", MODE_DEFAULTS[page.spec.mode]["cfg"], 0.01)
-        if "lowres_denoise" in ranges(page.spec.mode):
-            _slider(page, "lowres_denoise", "Lowres denoise (for initial latent)", defaults.lowres_denoise, 0.01)
-        _slider(page, "highres_scale", "Highres scale", defaults.highres_scale, 0.01)
-        _slider(page, "highres_denoise", "Highres denoise", defaults.highres_denoise, 0.01)
-        page.inputs["added_prompt"] = gr.Textbox(label="Added prompt", value=DEFAULT_ADDED_PROMPT)
-        page.inputs["negative_prompt"] = gr.Textbox(label="Negative prompt", value=DEFAULT_NEGATIVE_PROMPT)
+        for name in ("steps", "cfg", "lowres_denoise", "highres_scale", "highres_denoise"):
+            if name in ranges(page.spec.mode):  # fbc has no low-res denoise
+                _slider(page, name, getattr(defaults, name))
+        page.inputs["added_prompt"] = gr.Textbox(label=label("added_prompt"), value=defaults.added_prompt)
+        page.inputs["negative_prompt"] = gr.Textbox(label=label("negative_prompt"), value=defaults.negative_prompt)
         page.inputs["sampler"] = gr.Dropdown(
-            [(label, s.value) for s, label in SAMPLER_LABELS.items()], value=defaults.sampler.value, label="Sampler"
+            [(text, s.value) for s, text in SAMPLER_LABELS.items()],
+            value=defaults.sampler.value,
+            label=label("sampler"),
         )
 
 
@@ -198,19 +197,24 @@ def _build_finishing(page: Page) -> None:
     """Foreground extraction and the finishing steps after sampling."""
     with gr.Accordion("Foreground & finishing", open=False):
         page.inputs["matting"] = gr.Dropdown(
-            [(label, m.value) for m, label in MATTING_LABELS.items()],
-            value=Matting.RMBG.value,
-            label="Background removal",
+            [(text, m.value) for m, text in MATTING_LABELS.items()],
+            value=RelightParams.matting.value,
+            label=label("matting"),
         )
         gr.Markdown(MATTING_NOTE)
-        page.inputs["keep_background"] = gr.Checkbox(label="Keep original background", value=False)
-        with gr.Row():
-            page.inputs["restore_details"] = gr.Checkbox(label="Restore details", value=False)
-            _slider(page, "detail_radius", "Detail radius (px at 512)", RelightParams.detail_radius, 0.5)
-        _slider(page, "preserve_color", "Preserve colour", RelightParams.preserve_color, 0.05)
-        page.inputs["upscale"] = gr.Dropdown(
-            [(label, u.value) for u, label in UPSCALE_LABELS.items()], value=Upscale.OFF.value, label="Upscale"
+        page.inputs["keep_background"] = gr.Checkbox(
+            label=label("keep_background"), value=RelightParams.keep_background
         )
+        with gr.Row():
+            page.inputs["restore_details"] = gr.Checkbox(
+                label=label("restore_details"), value=RelightParams.restore_details
+            )
+            _slider(page, "detail_radius", RelightParams.detail_radius)
+        _slider(page, "preserve_color", RelightParams.preserve_color)
+        page.inputs["upscale"] = gr.Dropdown(
+            [(text, u.value) for u, text in UPSCALE_LABELS.items()], value=RelightParams.upscale.value,
+            label=label("upscale"),
+        )  # fmt: skip
 
 
 def _build_outputs(page: Page) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import InvalidParameterError
+from core.schema import from_known_fields
 
 # Azimuth convention: 0 = light from the right, 90 = from the top, 180 = from the left, 270 = from the bottom.
 NAMED_AZIMUTHS = {"right": 0.0, "top": 90.0, "left": 180.0, "bottom": 270.0}
@@ -88,11 +89,7 @@ class Light:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Light:
         """Inverse of `to_dict`; unknown keys are an error so a typo never passes silently."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise InvalidParameterError(f"unknown light field(s) {unknown}; known: {sorted(names)}")
-        return cls(**data)
+        return from_known_fields(cls, data, "light")
 
 
 def _finite(name: str, value: Any) -> float:
