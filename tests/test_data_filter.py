@@ -198,3 +198,30 @@ def test_cli_usage_errors(photo_dir, tmp_path, capsys):
         == 1
     )
     assert "CLIP model folder" in capsys.readouterr().err
+
+
+def test_image_lists_from_folder_glob_csv_txt_and_file(photo_dir, tmp_path):
+    from core.data.sources import list_images
+
+    folder = sorted(list_images(photo_dir))
+    assert [p.name for p in folder] == [
+        "astronaut.png",
+        "broken.jpg",
+        "camera.png",
+        "chelsea.png",
+        "coffee.png",
+        "rocket.png",
+    ]
+    assert [p.name for p in list_images(str(photo_dir / "c*.png"))] == ["camera.png", "chelsea.png", "coffee.png"]
+    listing = tmp_path / "list.csv"
+    listing.write_text(f"path,score\n{photo_dir / 'coffee.png'},0.5\nrelative.png,0.1\n")
+    assert list_images(listing) == [photo_dir / "coffee.png", tmp_path / "relative.png"]
+    text = tmp_path / "list.txt"
+    text.write_text(f"# kept\n{photo_dir / 'rocket.png'}\n")
+    assert list_images(text) == [photo_dir / "rocket.png"]
+    assert list_images(photo_dir / "rocket.png") == [photo_dir / "rocket.png"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InvalidParameterError, match="holds no"):
+        list_images(tmp_path / "empty")
+    with pytest.raises(InvalidParameterError, match="matches no files"):
+        list_images(str(tmp_path / "*.webp"))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from ray_testing import ray_cluster  # noqa: F401  (session fixture)
 
 from core.cli import main
 from core.data.albedo import extract_albedo, to_linear
-from core.data.describe import OCTANT_PHRASES, describe_light, direction_phrase, temperature_word
+from core.data.describe import OCTANT_PHRASES, describe_light, describe_with_model, direction_phrase, temperature_word
 from core.data.geometry import NormalEstimator, normals_from_depth
 from core.data.synth import cast_shadow, kelvin_to_hex, parse_mix, phong, sample_recipe, shading
 from core.errors import InvalidParameterError, WeightsNotFoundError
@@ -261,3 +263,75 @@ def test_cli_synth_usage_errors(photos, tmp_path, capsys):
     assert "--per-image should be at least 1 but is 0" in capsys.readouterr().err
     assert main(["data-synth", "--images", str(photos), "--out", out, "--mix", "glow=1"]) == 2
     assert "--mix should look like" in capsys.readouterr().err
+
+
+class _ChatHandler(BaseHTTPRequestHandler):
+    """An OpenAI-compatible chat endpoint answering with the server's `reply` (status, content)."""
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        status, content = self.server.reply
+        body = {"id": "c", "object": "chat.completion", "created": 0, "model": "m",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                             "finish_reason": "stop"}]}  # fmt: skip
+        data = json.dumps(body if status == 200 else {"error": {"message": "down"}}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def chat_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ChatHandler)
+    server.reply = (200, "Soft golden light from the left.")
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_vision_model_writes_the_instruction_with_the_template_as_fallback(chat_server, photos, tmp_path, monkeypatch):
+    from core.lighting.suggest import SuggestConfig
+
+    config = SuggestConfig(base_url=f"http://127.0.0.1:{chat_server.server_address[1]}/v1", max_retries=0)
+    image = np.zeros((32, 32, 3), np.uint8)
+    assert describe_with_model(image, config) == "soft golden light from the left"
+    chat_server.reply = (200, "This photo shows a very long description of light that goes on and on for many words")
+    assert describe_with_model(image, config) is None
+    chat_server.reply = (500, "")
+    assert describe_with_model(image, config) is None
+    assert describe_with_model(image, SuggestConfig()) is None  # not configured
+    # The command: the server's phrase lands in edit_prompt.
+    chat_server.reply = (200, "hard cool light from above")
+    monkeypatch.setenv("OPENAI_BASE_URL", config.base_url)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    out = tmp_path / "vision"
+    assert (
+        main(
+            [
+                "data-synth",
+                "--images",
+                str(photos / "coffee.png"),
+                "--out",
+                str(out),
+                "--per-image",
+                "1",
+                "--matting",
+                "grabcut",
+                "--normals",
+                "silhouette",
+                "--describe",
+                "vision",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert [r["edit_prompt"] for r in rows] == ["hard cool light from above"]

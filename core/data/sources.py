@@ -1,4 +1,4 @@
-"""Which images a data stage reads: a folder, a glob pattern, a CSV list (column `path`) or a text list."""
+"""Which images a data stage reads: an image, a folder, a glob pattern, a CSV list (column `path`) or a text list."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ def list_images(spec: str | Path) -> list[Path]:
         if not found:
             raise InvalidParameterError(f"--images {text} holds no {', '.join(IMAGE_SUFFIXES)} files")
         return found
+    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+        return [path]
     if path.is_file() and path.suffix.lower() == ".csv":
         return _from_csv(path)
     if path.is_file() and path.suffix.lower() == ".txt":
@@ -35,7 +37,9 @@ def list_images(spec: str | Path) -> list[Path]:
             raise InvalidParameterError(f"--images {text} matches no files")
         return matches
     if path.is_file():
-        raise InvalidParameterError(f"--images {text} should be a folder, a glob pattern, a .csv or a .txt list")
+        raise InvalidParameterError(
+            f"--images {text} should be an image, a folder, a glob pattern, a .csv or a .txt list"
+        )
     raise InvalidParameterError(f"--images {text} does not exist")
 
 
