@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -257,3 +258,63 @@ def test_lora_for_other_layers_is_incompatible(tiny, tmp_path):
     with pytest.raises(IncompatibleModelError, match="does not fit this SD 1.5 model"):
         fuse_loras(unet_copy, copy.deepcopy(text_encoder), [(lora, 1.0)])
     assert set(dict(unet_copy.named_parameters())) == set(dict(unet.named_parameters()))
+
+
+# -- through the model manager: cached per set, rebuilt on change, nothing leaks -----------------------------------
+
+PARAMS = dict(prompt="a cat", width=64, height=64, steps=2, seed=7)
+
+
+def _relight(manager, fg, loras, **changes):
+    from core.params import RelightParams
+    from core.recipe.pipeline import relight
+
+    models = manager.get("fc", loras=loras)
+    return relight(models, fg, RelightParams.for_mode("fc", **{**PARAMS, **changes})).images[0].astype(int)
+
+
+@pytest.fixture(scope="module")
+def lora_manager(tiny_settings):
+    from core.models.manager import ModelManager
+
+    return ModelManager(tiny_settings)  # its own: LoRA sets rebuild the session's shared models
+
+
+def test_loras_change_the_image_and_never_leak(lora_manager, lora_paths, fg_image):
+    diffusers_path = str(lora_paths["diffusers"])
+    text_encoder = lora_manager._base_components().text_encoder
+    te_before = copy.deepcopy(text_encoder.state_dict())
+    plain = _relight(lora_manager, fg_image, ())
+    styled = _relight(lora_manager, fg_image, [LoraSpec(diffusers_path, 0.8)])
+    assert np.abs(styled - plain).max() > 0
+    models = lora_manager.get("fc", loras=[LoraSpec(diffusers_path, 0.8)])
+    assert models.loras == ("style_diffusers.safetensors:0.8",) and "LoRAs style_diffusers" in models.describe()
+    assert models.text_encoder is not text_encoder  # its text layers went into a private copy
+    assert len(lora_manager._cache) == 1  # one LoRA set per variant is kept
+    # Scale 0 is exactly the plain model; so is the next request without LoRAs.
+    assert np.array_equal(_relight(lora_manager, fg_image, [LoraSpec(diffusers_path, 0.0)]), plain)
+    assert np.array_equal(_relight(lora_manager, fg_image, ()), plain)
+    assert all(torch.equal(v, text_encoder.state_dict()[k]) for k, v in te_before.items())
+    # The same LoRA in kohya layout: alpha / rank scales it, so scale 0.8 * rank / alpha is the same model.
+    kohya = _relight(lora_manager, fg_image, [LoraSpec(str(lora_paths["kohya"]), 0.8 * RANK / KOHYA_ALPHA)])
+    assert np.abs(kohya - styled).max() <= 1
+
+
+def test_fused_cpu_path_packs_the_lora_weights(tiny_settings, lora_paths, fg_image):
+    from dataclasses import replace
+
+    from core.models.manager import ModelManager
+
+    manager = ModelManager(replace(tiny_settings, dtype="bf16"))  # bf16 on CPU: the fused oneDNN path
+    spec = LoraSpec(str(lora_paths["diffusers"]), 1.5)
+    plain = _relight(manager, fg_image, ())
+    styled = _relight(manager, fg_image, [spec])
+    assert "fused" in manager.get("fc", loras=[spec]).unet_ops
+    eager = _relight(ModelManager(replace(tiny_settings, dtype="fp32")), fg_image, [spec])
+    # The packed path runs the fused LoRA weights: far closer to the eager LoRA result than to the plain image.
+    assert np.abs(styled - eager).mean() < np.abs(plain - eager).mean() / 2
+
+
+def test_missing_lora_fails_before_the_model_is_built(lora_manager, fg_image, tmp_path):
+    with pytest.raises(WeightsNotFoundError, match="nowhere.safetensors"):
+        lora_manager.get("fc", loras=[LoraSpec(str(tmp_path / "nowhere.safetensors"))])

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from core.models.loading import (
     load_base_components,
     offline_mode,
 )
+from core.models.lora import LoraSpec, lora_key
 from core.models.weights import build_iclight_unet, read_offset
 from core.recipe.sampling import ConcatConditionedUNet
 
@@ -99,6 +101,7 @@ class ICLightModels:
     attention: str = "SDPA"  # the UNet's attention: "AMX kernel (...)", "AVX512-BF16 kernel (...)" or "SDPA (why)"
     unet_ops: str = "eager"  # how the UNet's layers run ("fused oneDNN (...)" or "eager (why)")
     vae_ops: str = "eager"  # how the VAE's layers run, likewise
+    loras: tuple[str, ...] = ()  # LoRAs fused into the UNet (and text encoder), as 'file:scale'
 
     @property
     def device(self) -> torch.device:
@@ -108,7 +111,7 @@ class ICLightModels:
         return (
             f"base model {self.base_model} · IC-Light {self.variant.value} · {self.placement.describe()}"
             f" · attention {self.attention} · UNet {self.unet_ops} · VAE {self.vae_ops}"
-        )
+        ) + (f" · LoRAs {', '.join(self.loras)}" if self.loras else "")
 
     @contextlib.contextmanager
     def active(self, module: torch.nn.Module) -> Iterator[torch.nn.Module]:
@@ -169,7 +172,12 @@ class ModelManager:
         return (Variant(variant), *self.placement.cache_key)
 
     def is_loaded(self, variant: Variant) -> bool:
-        return self.cache_key(variant) in self._cache
+        return self._loaded(variant) is not None
+
+    def _loaded(self, variant: Variant) -> ICLightModels | None:
+        """The cached models of `variant` on this placement, whatever LoRAs they carry."""
+        key = self.cache_key(variant)
+        return next((models for k, models in self._cache.items() if k[:-1] == key), None)
 
     def weights_path(self, variant: Variant) -> Path:
         return Path(self.settings.models_dir) / Variant(variant).filename
@@ -178,13 +186,23 @@ class ModelManager:
         """True when the variant's offset is in memory or on disk (no download attempted)."""
         return Variant(variant) in self._offsets or self.weights_path(variant).is_file()
 
-    def get(self, variant: Variant | str) -> ICLightModels:
-        """The models for `variant`, loading them on first use."""
+    def get(self, variant: Variant | str, loras: Sequence[LoraSpec] = ()) -> ICLightModels:
+        """The models for `variant` with `loras` fused in, loading them on first use.
+
+        One LoRA set per variant is kept: asking for another set rebuilds the UNet from the base and offset weights
+        (never by subtracting), so no LoRA leaks into a later request.
+        """
         variant = Variant(variant)
         with self._lock:
-            key = self.cache_key(variant)
+            key = (*self.cache_key(variant), lora_key(loras))
             if key not in self._cache:
-                self._cache[key] = self._load(variant)
+                stale = [k for k in self._cache if k[:-1] == key[:-1]]
+                for k in stale:
+                    del self._cache[k]
+                if stale:
+                    accel.release_cpu_memory()
+                    free_accelerator_memory()
+                self._cache[key] = self._load(variant, tuple(loras))
             return self._cache[key]
 
     def unload(self, variant: Variant | str | None = None) -> None:
@@ -207,9 +225,10 @@ class ModelManager:
                 state += " (or let the first run download it)"
         text = f"base model {self.settings.base_model} · IC-Light {variant.value} ({state})"
         text += f" · {self.placement.describe()}"
-        loaded = self._cache.get(self.cache_key(variant))
+        loaded = self._loaded(variant)
         if loaded:
             text += f" · attention {loaded.attention} · UNet {loaded.unet_ops} · VAE {loaded.vae_ops}"
+            text += f" · LoRAs {', '.join(loaded.loras)}" if loaded.loras else ""
         return text
 
     # -- loading -------------------------------------------------------------------------------------------------
@@ -235,17 +254,38 @@ class ModelManager:
             )
         return self._base
 
-    def _load(self, variant: Variant) -> ICLightModels:
+    def _lora_files(self, base: BaseComponents, loras: Sequence[LoraSpec]) -> list:
+        """(checked LoRA file, scale) for each LoRA of non-zero scale: found, read and checked before any build."""
+        from core.models.lora import read_lora, resolve_lora
+
+        context = int(base.unet_config.get("cross_attention_dim", 768))
+        text_width = int(base.text_encoder.config.hidden_size)
+        files = []
+        for spec in loras:
+            if spec.scale != 0:
+                path = resolve_lora(spec.source, self.settings.models_dir, download=self.settings.download)
+                files.append((read_lora(path, context, text_width), spec.scale))
+        return files
+
+    def _load(self, variant: Variant, loras: Sequence[LoraSpec] = ()) -> ICLightModels:
+        from core.models.lora import fuse_loras
+
         placement = self.placement
         logger.info("loading IC-Light %s on %s", variant.value, placement.describe())
         offset, source = self._offset(variant)  # first: fail fast on missing/corrupt weights before the big load
         base = self._base_components()
+        lora_files = self._lora_files(base, loras)  # likewise for missing or foreign LoRA files
         unet = build_iclight_unet(base.unet_config, base.unet_weights, offset, variant.in_channels,
                                   placement.unet_dtype, source=source)  # fmt: skip
         del offset
+        text_encoder = base.text_encoder
+        if any(lora.has_text_encoder for lora, _ in lora_files):
+            text_encoder = copy.deepcopy(text_encoder)  # the shared one stays as loaded, for other LoRA sets
+        # Fused into this fresh UNet before the CPU layer packs it (accel.install below), so packing sees them.
+        fused = tuple(fuse_loras(unet, text_encoder, lora_files))
         home = "cpu" if placement.offload else placement.torch_device
         unet.to(device=home)
-        text_encoder = base.text_encoder.eval().requires_grad_(False).to(device=home, dtype=placement.text_dtype)
+        text_encoder = text_encoder.eval().requires_grad_(False).to(device=home, dtype=placement.text_dtype)
         vae, owned = self._vae, True  # placed and set up by an earlier variant
         if vae is None:
             vae = base.vae.eval().requires_grad_(False).to(device=home, dtype=placement.vae_dtype)
@@ -265,4 +305,5 @@ class ModelManager:
             attention=status.attention,
             unet_ops=status.unet_ops,
             vae_ops=status.vae_ops,
+            loras=fused,
         )

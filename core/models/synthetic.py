@@ -129,3 +129,85 @@ def write_offsets(unet: torch.nn.Module, models_dir: Path) -> dict[Variant, Path
         save_file(make_offset(unet, variant, seed=10 + i), str(path))
         paths[variant] = path
     return paths
+
+
+# -- full size: SD 1.5's real architecture, for benches and the GPU check --------------------------------------------
+
+SD15_UNET_CONFIG = dict(
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=768,
+    attention_head_dim=8,
+)
+# The layers LCM-LoRA (and most SD 1.5 LoRA trainers with convolutions) adapt, at LCM-LoRA's rank.
+FULL_LORA_TARGETS = (
+    *("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "time_emb_proj"),
+    *("conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv"),
+)
+FULL_LORA_RANK = 64
+FULL_LORA_FILE = "lcm-lora-sdv1-5.safetensors"  # where fast mode --fast lcm looks first
+
+
+def build_full_size_components(seed: int = 0):
+    """(text_encoder, vae, unet) with SD 1.5's real sizes and random weights (compute cost does not depend on them)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**SD15_UNET_CONFIG)
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=2,
+        sample_size=512,
+    )
+    text_config = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+                                 vocab_size=49408, max_position_embeddings=77, hidden_act="quick_gelu")  # fmt: skip
+    return CLIPTextModel(text_config).eval(), vae.eval(), unet.eval()
+
+
+def write_full_size_model(folder: Path, variants: tuple[Variant, ...] = (Variant.FC,), lora: bool = False) -> Path:
+    """A random full-size SD 1.5 folder (folder/base), offsets for `variants` and, with `lora`, a random LoRA of
+    LCM-LoRA's shapes as folder/models/loras/lcm-lora-sdv1-5.safetensors; written once, reused afterwards."""
+    from safetensors.torch import save_file
+
+    models = folder / "models"
+    wanted = [models / v.filename for v in variants] + ([models / "loras" / FULL_LORA_FILE] if lora else [])
+    if (folder / "base" / "model_index.json").is_file() and all(p.is_file() for p in wanted):
+        return folder
+    text_encoder, vae, unet = build_full_size_components()
+    if not (folder / "base" / "model_index.json").is_file():
+        save_sd15_folder(folder / "base", text_encoder, vae, unet)  # a tokenizer costs the same as CLIP's
+    models.mkdir(parents=True, exist_ok=True)
+    for variant in variants:
+        if not (models / variant.filename).is_file():
+            save_file(make_offset(unet, variant, scale=1e-3), str(models / variant.filename))
+    if lora:
+        (models / "loras").mkdir(exist_ok=True)
+        save_file(random_lora(unet, FULL_LORA_TARGETS, FULL_LORA_RANK), str(models / "loras" / FULL_LORA_FILE))
+    return folder
+
+
+def random_lora(unet: torch.nn.Module, targets, rank: int, seed: int = 3, scale: float = 1e-3) -> dict:
+    """Random diffusers-layout LoRA tensors ('unet.<module>.lora_A/B.weight') for every module named like `targets`."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, module in unet.named_modules():
+        if not any(name == t or name.endswith("." + t) for t in targets):
+            continue
+        if isinstance(module, torch.nn.Linear):
+            down, up = (rank, module.in_features), (module.out_features, rank)
+        elif isinstance(module, torch.nn.Conv2d):
+            down, up = (rank, module.in_channels, *module.kernel_size), (module.out_channels, rank, 1, 1)
+        else:
+            continue
+        out[f"unet.{name}.lora_A.weight"] = (torch.randn(down, generator=gen) * scale).to(torch.float16)
+        out[f"unet.{name}.lora_B.weight"] = (torch.randn(up, generator=gen) * scale).to(torch.float16)
+    return out
