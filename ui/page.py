@@ -377,9 +377,14 @@ def build_demo(spec: AppSpec, relighter: Relighter | None, settings: AppSettings
     settings = settings or AppSettings.from_env()
     handlers = AppHandlers(relighter or make_relighter(settings), spec.mode, settings.suggest)
     with gr.Blocks(title=spec.title) as demo:
-        page = build_page(spec, handlers, settings)
-        if spec.add_events is not None:
-            spec.add_events(page, settings)
+        with gr.Tab("Relight"):
+            page = build_page(spec, handlers, settings)
+            if spec.add_events is not None:
+                spec.add_events(page, settings)
+        with gr.Tab("Batch"):  # many images with one look (/batch); ui/batch_tab.py
+            from ui.batch_tab import build_batch_tab
+
+            build_batch_tab(handlers.relighter, spec.mode, settings)
         finish(demo, page, settings)
     return demo
 

@@ -246,3 +246,21 @@ def _check_files(source: SourceRow, params) -> None:
             raise InvalidParameterError(f"{what}: {exc}") from None
     if params.mode is Mode.FBC and params.bg_source in (BGSource.UPLOAD, BGSource.FLIP) and not source.background:
         raise InvalidParameterError(f"bg_source {params.bg_source.value} needs a background for this row")
+
+
+LIGHT_DESTS = {"elevation": "elevation", "light_color": "color", "light_intensity": "intensity", "ambient": "ambient"}
+
+
+def namespace_from_params(params) -> argparse.Namespace:
+    """The relight flags that reproduce `params` (the apps' form becomes a batch's defaults this way)."""
+    values = params.to_dict()
+    args = argparse.Namespace(**{dest: None for dest in relight_columns()}, variant=None, bg=None, from_png=None)
+    for dest in vars(args):
+        if dest in values and dest not in ("light", "extra"):
+            setattr(args, dest, values[dest])
+    light = values["light"]
+    args.light = "none" if light is None else str(light["azimuth"])
+    for dest, name in LIGHT_DESTS.items():
+        setattr(args, dest, None if light is None else light[name])
+    args.no_remove_bg = False
+    return args

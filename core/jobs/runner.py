@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from core.errors import InvalidParameterError
+from core.errors import CancelledError, InvalidParameterError
 
 RESULTS_NAME = "results.jsonl"
 ENGINES = ("local", "ray")
@@ -67,6 +67,7 @@ class JobSummary:
     skipped: int  # rows already done in an earlier run with the same key
     seconds: float  # wall time of this run
     results: Path  # the results.jsonl file
+    cancelled: bool = False  # stopped by the caller's cancel event before every row was done
 
     def line(self) -> str:
         """`N done, M failed, K already done (skipped) in T s`."""
@@ -176,6 +177,8 @@ def run_row(worker: Callable, row: JobRow, progress: ProgressFn | None) -> dict:
             returned = dict(worker(row, progress) or {})
             outputs = [str(p) for p in returned.pop("outputs", [])]
             result = {**returned, "status": STATUS_DONE, "error": None, "outputs": outputs}
+        except CancelledError:
+            raise  # a user's Stop is not this row's failure: the row stays to do, and the job ends
         except Exception as exc:  # any failure of one row is that row's failure; the job goes on
             result = {"status": STATUS_FAILED, "error": one_line(exc), "outputs": []}
     result["seconds"] = round(time.perf_counter() - started, 3)
@@ -259,6 +262,7 @@ def run_job(
             on_result(entry)
 
     # 3. Run: rows that failed validation are recorded without a worker; the others go to the engine
+    cancelled = False
     try:
         if engine == "local":
             _run_local(todo, worker, config, write, progress, cancel)
@@ -272,10 +276,13 @@ def run_job(
 
                 run_ray(runnable, worker, config, write, workers=workers, address=ray_address,
                         num_gpus_per_worker=num_gpus_per_worker, cancel=cancel)  # fmt: skip
+    except CancelledError:
+        cancelled = True  # stopped inside a row: the finished rows are recorded, that row stays to do
     finally:
         progress.close()
     seconds = time.perf_counter() - started
-    return JobSummary(counts[STATUS_DONE], counts[STATUS_FAILED], skipped, seconds, results.path)
+    cancelled = cancelled or (cancel is not None and cancel.is_set())
+    return JobSummary(counts[STATUS_DONE], counts[STATUS_FAILED], skipped, seconds, results.path, cancelled)
 
 
 def _run_local(
