@@ -108,6 +108,11 @@ def _job_kwargs(args: argparse.Namespace, desc: str) -> dict:
     }
 
 
+def _photo_path(row) -> dict:
+    """The photo's path on its results.jsonl line, so a failure names its file."""
+    return {"path": row.payload["path"]}
+
+
 def run_filter(args: argparse.Namespace) -> int:
     """The data-filter command."""
     from core.data import filter as scoring
@@ -120,8 +125,8 @@ def run_filter(args: argparse.Namespace) -> int:
         raise InvalidParameterError(f"--keep should be >= 0 but is {args.keep}")
     selection = Selection(args.keep, args.threshold, parse_splits(args.splits), args.seed)
     prompts = scoring.load_prompts(args.prompts)
-    _check_out(args.out)
     paths = _inputs(args.images, args.out)
+    _check_out(args.out)
     # 2. Scorer: CLIP when it can be had (or asked for), else the classic score with a notice.
     scorer, folder = args.scorer, None
     if scorer in ("auto", "clip"):
@@ -176,8 +181,8 @@ def run_synth(args: argparse.Namespace) -> int:
     if args.max_side < 0:
         raise InvalidParameterError(f"--max-side should be >= 0 (0 = keep the size) but is {args.max_side}")
     mix = parse_mix(args.mix)
-    _check_out(args.out)
     paths = _inputs(args.images, args.out)
+    _check_out(args.out)
     models_dir = Path(args.models_dir) if args.models_dir else default_models_dir()
     # 2. Everything that changes what is written goes into each row's key.
     params = {
@@ -200,7 +205,7 @@ def run_synth(args: argparse.Namespace) -> int:
     }
     # 3. Synthesise, then write the dataset's metadata from every done row.
     rows = build_rows(paths, params)
-    summary = run_job(rows, SynthWorker, config, args.out, **_job_kwargs(args, "data-synth"))
+    summary = run_job(rows, SynthWorker, config, args.out, record=_photo_path, **_job_kwargs(args, "data-synth"))
     records = ResultsFile(args.out).read()
     count = write_metadata(args.out, records, rows)
     keys = {row.key for row in rows}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,7 +242,7 @@ class ClipScorer:
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(f".{path.name}.{id(vector)}.tmp")
+        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # two workers may store the same image at once
         with open(temp, "wb") as handle:
             np.save(handle, vector.astype(np.float32))
         temp.replace(path)

@@ -30,11 +30,10 @@ class SynthWorker:
         from core.data.geometry import NormalEstimator
         from core.finishing.matting import Matter
         from core.lighting.suggest import SuggestConfig
+        from core.models.devices import resolve_placement
 
         self.config = config
         self.out = Path(config["out"])
-        from core.models.devices import resolve_placement
-
         device = resolve_placement(config["device"]).device
         self.matter = Matter(Path(config["models_dir"]), device=device)
         self.normals = NormalEstimator(config["normals"], config["depth_source"], device)
