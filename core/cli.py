@@ -88,6 +88,8 @@ def _flag(name: str, spec: Spec, kind: type, default: str, literal: bool = True)
         options["choices"], allowed = choices, ", ".join(choices)
     elif kind is bool:
         options = {"action": "store_true", "default": None}  # None: not given, so --from-png values stay
+    elif kind is tuple:
+        options["action"] = "append"  # repeatable: --lora a.safetensors:0.6 --lora owner/repo
     elif kind in (int, float):
         options["type"] = kind
         options.setdefault("metavar", "N" if kind is int else "X")
@@ -211,6 +213,10 @@ def params_from_args(args: argparse.Namespace) -> RelightParams:
     mode = Mode(args.mode or values.get("mode", Mode.FC.value))
     if args.mode and values.get("mode") not in (None, mode.value):
         values = {k: v for k, v in values.items() if k not in MODE_DEFAULTS[mode]}
+    if args.fast is not None and values.get("fast", args.fast) != args.fast:  # fast mode's own steps and cfg apply
+        values = {k: v for k, v in values.items() if k not in MODE_DEFAULTS[mode]}
+    if args.lora is not None:  # the flags replace a --from-png result's LoRAs
+        values["loras"] = args.lora
     values["mode"] = mode
     for flag, name in PARAM_FLAGS.items():
         value = getattr(args, flag)

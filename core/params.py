@@ -12,6 +12,8 @@ from typing import Any
 
 from core.errors import InvalidParameterError
 from core.lighting.lights import FULL_TURN, MAX_ELEVATION, MAX_INTENSITY, Light
+from core.models.lora import LoraSpec, coerce_loras
+from core.recipe.fast import FastMode, fast_defaults
 from core.schema import Spec, check_value, from_known_fields, param, specs
 
 MAX_SEED = 2**32 - 1
@@ -189,6 +191,16 @@ class RelightParams:
     upscale: Upscale = param(
         Upscale.OFF, help="Real-ESRGAN x4plus upscaling; 1080p = short side exactly 1080", label="Upscale"
     )
+    fast: FastMode = param(
+        FastMode.OFF, help="few-step mode: the LCM, TCD or Hyper-SD LoRA with its scheduler; sets steps and cfg for "
+        "both passes (not trained with IC-Light: results differ from the official recipe; docs/loras.md)",
+        label="Fast mode",
+    )  # fmt: skip
+    loras: tuple[LoraSpec, ...] = param(
+        (), help="an SD 1.5 LoRA: a .safetensors path, a file in models/loras/ or a Hub id, with a scale in [-2, 2] "
+        "(default 1); repeat for more", label="LoRAs", flag="lora", metavar="SOURCE[:SCALE]", direct=False,
+        default_text="none",
+    )  # fmt: skip
     extra: dict[str, Any] = param(
         default_factory=dict, compare=False, help="free-form notes kept in the metadata", flag=None
     )
@@ -198,13 +210,15 @@ class RelightParams:
             value = getattr(self, name)
             if issubclass(kind, Enum) and not isinstance(value, kind):
                 object.__setattr__(self, name, coerce_enum(kind, value, name))
+        object.__setattr__(self, "loras", coerce_loras(self.loras))
         self.validate()
 
     @classmethod
     def for_mode(cls, mode: Mode | str, **overrides: Any) -> RelightParams:
-        """Parameters with the official defaults of `mode`, then `overrides`."""
+        """Parameters with the official defaults of `mode`, then fast mode's steps and cfg, then `overrides`."""
         mode = coerce_enum(Mode, mode, "mode")
-        return cls(mode=mode, **{**MODE_DEFAULTS[mode], **overrides})
+        fast = fast_defaults(coerce_enum(FastMode, overrides.get("fast", FastMode.OFF), "fast"))
+        return cls(mode=mode, **{**MODE_DEFAULTS[mode], **fast, **overrides})
 
     @property
     def positive_prompt(self) -> str:
@@ -239,6 +253,8 @@ class RelightParams:
                 value = value.value
             elif isinstance(value, Light):
                 value = value.to_dict()
+            elif f.name == "loras":
+                value = [spec.to_text() for spec in value]
             out[f.name] = value
         return out
 
@@ -261,8 +277,8 @@ def field_kinds() -> dict[str, type]:
     """The plain type (int, float, bool, str, an Enum, Light, dict) of each RelightParams field."""
     kinds = {}
     for name, hint in typing.get_type_hints(RelightParams).items():
-        if typing.get_origin(hint) is dict:
-            kinds[name] = dict
+        if typing.get_origin(hint) in (dict, tuple):
+            kinds[name] = typing.get_origin(hint)
         else:  # `X | None` is X
             kinds[name] = next((arg for arg in typing.get_args(hint) if arg is not type(None)), hint)
     return kinds

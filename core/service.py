@@ -22,6 +22,7 @@ from core.models.devices import explain_out_of_memory
 from core.models.loading import Variant
 from core.models.manager import ModelManager
 from core.params import Matting, Mode, RelightParams, Upscale
+from core.recipe.fast import active_loras
 from core.recipe.sampling import StepCallback
 
 logger = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ class Relighter:
         notices = [matting.notice] if matting.notice else []
         # 3. Sampling
         with explain_out_of_memory(_memory_task("relighting", params), self.manager.placement.device):
-            models = self.manager.get(self.variant_for(params.mode))
+            models = self.manager.get(self.variant_for(params.mode), loras=active_loras(params))
             with self._lock:
                 result = relight(
                     models,
@@ -225,7 +226,7 @@ class Relighter:
         relights = []
         task = _memory_task("computing normals for", params.replace(num_images=1))
         with explain_out_of_memory(task, self.manager.placement.device), self._lock:
-            models = self.manager.get(Variant.FBC)
+            models = self.manager.get(Variant.FBC, loras=active_loras(params))
             for k, source in enumerate(NORMAL_LIGHTS):
                 run_params = params.replace(mode=Mode.FBC, bg_source=source, num_images=1)
                 shifted = None

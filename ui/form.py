@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from enum import Enum
 from typing import Any
 
 from core.errors import InvalidParameterError
@@ -105,10 +104,8 @@ def values_from_params(mode: Mode, params: RelightParams) -> tuple[dict[str, Any
     notes = []
     if params.mode is not mode:
         notes.append(f"these settings come from the {params.mode.value} app; the shared ones were loaded")
-    values: dict[str, Any] = {name: getattr(params, name) for name in INT_FIELDS + PLAIN_FIELDS}
-    for name, value in values.items():
-        if isinstance(value, Enum):
-            values[name] = value.value
+    data = params.to_dict()  # enums as their values, LoRAs as 'SOURCE:SCALE' strings
+    values: dict[str, Any] = {name: data[name] for name in INT_FIELDS + PLAIN_FIELDS}
     for name, (low, high) in ranges(mode).items():
         if not low <= values[name] <= high:
             fitted = type(values[name])(min(max(values[name], low), high))

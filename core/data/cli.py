@@ -29,7 +29,7 @@ def register(sub) -> None:
     f.add_argument("--images", required=True, help="folder, glob pattern, .csv (column 'path') or .txt list")
     f.add_argument("--out", type=Path, required=True, help="folder for scores.jsonl, kept.txt, train/val/test.csv")
     keep = f.add_mutually_exclusive_group()
-    keep.add_argument("--keep", type=int, help="keep the N best images (default: the better half)")
+    keep.add_argument("--keep", type=int, help="keep the N best images; unset: the better half")
     keep.add_argument("--threshold", type=float, help="keep images scoring at least T")
     f.add_argument("--scorer", choices=SCORERS, default="auto", help="auto = clip when its weights can be had")
     f.add_argument("--clip-model", default=DEFAULT_CLIP, help="CLIP Hub id or local folder")
@@ -50,7 +50,11 @@ def register(sub) -> None:
     s.add_argument("--seed", type=int, default=DEFAULT_SEED, help="same seed and photos = the same files")
     s.add_argument("--matting", choices=MATTING_CHOICES, default="rmbg", help="subject matte (GrabCut if no weights)")
     s.add_argument("--normals", choices=NORMALS_MODES, default="auto", help="auto = depth model when it can be had")
-    s.add_argument("--depth-model", help="depth-estimation Hub id or folder (default Depth Anything V2 Small)")
+    s.add_argument(
+        "--depth-model",
+        help="depth-estimation Hub id or folder; unset: $ICLIGHT_DEPTH_MODEL, "
+        "MODELS_DIR/Depth-Anything-V2-Small-hf, else the Hub's Depth Anything V2 Small",
+    )
     s.add_argument("--mix", default="soft=0.4,hard=0.4,specular=0.2", help="shares of the three kinds of lighting")
     s.add_argument(
         "--direction",
@@ -65,7 +69,7 @@ def register(sub) -> None:
         help="instruction text: template, or a vision model (the suggestion server settings)",
     )
     s.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE, help="scale photos down to this side (0 = keep)")
-    s.add_argument("--models-dir", type=Path, help="folder with matting/depth model folders (default ./models)")
+    s.add_argument("--models-dir", type=Path, help="folder with matting/depth model folders; unset: ./models")
     _add_job_flags(s)
     s.set_defaults(run=run_synth)
 
@@ -74,8 +78,8 @@ def _add_job_flags(p: argparse.ArgumentParser) -> None:
     from core.jobs.runner import ENGINES
 
     p.add_argument("--engine", choices=ENGINES, default="local", help="local: this process; ray: a Ray cluster")
-    p.add_argument("--workers", type=int, help="Ray actors (default: one per GPU, else one)")
-    p.add_argument("--ray-address", help="Ray cluster to join (default $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--workers", type=int, help="Ray actors; unset: one per GPU, else one")
+    p.add_argument("--ray-address", help="Ray cluster to join; unset: $RAY_ADDRESS, else a local Ray")
     p.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps, cpu (resolved on each worker)")
     p.add_argument("--force", action="store_true", help="redo rows already done")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

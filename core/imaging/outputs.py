@@ -153,6 +153,10 @@ def parameters_text(params: RelightParams, width: int | None = None, height: int
         "Preserve colour": f"{params.preserve_color:g}",
         "Upscale": params.upscale.value,
     }
+    if params.fast.value != "off":
+        fields["Fast mode"] = params.fast.value
+    if params.loras:
+        fields["LoRAs"] = " ".join(spec.to_text() for spec in params.loras)
     if width is not None and height is not None:
         fields["Output size"] = f"{width}x{height}"
     settings = ", ".join(f"{key}: {value}" for key, value in fields.items())

@@ -95,7 +95,9 @@ class LoraSpec:
         )
 
     def to_text(self) -> str:
-        return f"{self.source}:{self.scale:g}"
+        """'SOURCE:SCALE', the scale written so that it reads back exactly."""
+        short = f"{self.scale:g}"
+        return f"{self.source}:{short if float(short) == self.scale else repr(self.scale)}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "scale": self.scale}

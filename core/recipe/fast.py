@@ -100,3 +100,8 @@ def make_fast_scheduler(mode: FastMode | str):
     scheduler = scheduler_class(**config)
     scheduler.step_eta = preset.eta
     return scheduler
+
+
+def active_loras(params) -> tuple[LoraSpec, ...]:
+    """The LoRAs a relight with `params` applies: fast mode's few-step LoRA first, then the user's."""
+    return fast_lora(params.fast) + tuple(params.loras)

@@ -149,7 +149,7 @@ def img2img_start(
     params: RelightParams, strength: float, init: torch.Tensor, generator: torch.Generator, device: torch.device
 ):
     """(scheduler, timesteps, latents) of an image-to-image pass: `init` noised to the pass's first timestep."""
-    scheduler = make_scheduler(params.sampler)
+    scheduler = make_scheduler(params.sampler, params.fast)
     timesteps, _ = img2img_timesteps(scheduler, img2img_total_steps(params.steps, strength), strength, device)
     return scheduler, timesteps, noised_latents(init, params.num_images, timesteps, scheduler, generator)
 
@@ -223,7 +223,7 @@ def relight(
 
     # 5. Low-res pass: from noise, or image-to-image from the light's initial image
     if init_image is None:
-        scheduler = make_scheduler(params.sampler)
+        scheduler = make_scheduler(params.sampler, params.fast)
         scheduler.set_timesteps(params.steps, device=device)
         timesteps = scheduler.timesteps
         latents = initial_noise((n, 4, height // 8, width // 8), scheduler, generator, device, dtype)
