@@ -130,6 +130,10 @@ class Relighter:
         # 2. Foreground extraction
         matting = self.extract(fg, params)
         notices = [matting.notice] if matting.notice else []
+        if matting.method is not params.matting:
+            # The results and their metadata name the method that ran (GrabCut after a fallback, the alpha channel
+            # of a cut-out), so loading the settings from a result reproduces it.
+            params = params.replace(matting=matting.method)
         # 3. Sampling
         with explain_out_of_memory(_memory_task("relighting", params), self.manager.placement.device):
             models = self.manager.get(self.variant_for(params.mode), loras=active_loras(params))

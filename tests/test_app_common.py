@@ -323,13 +323,14 @@ def test_a_suggestion_chip_replaces_the_lighting_and_sets_the_light(handlers):
 
 def test_load_settings_fills_the_form_from_a_png(handlers, tmp_path):
     params = RelightParams.for_mode("fc", prompt="a cat, magic lit", seed=4242, light=PAD_LIGHT)
-    values = handlers.load_settings(str(save_result(np.zeros((8, 8, 3), np.uint8), params, tmp_path)))
+    values = handlers.read_settings(str(save_result(np.zeros((8, 8, 3), np.uint8), params, tmp_path)))
     assert (values["prompt"], values["seed"], values["light"]) == ("a cat, magic lit", 4242, CUSTOM_LIGHT)
     assert values["pad"].shape == (PAD_SIZE, PAD_SIZE, 3)
+    assert handlers.read_settings(None) is None  # the file input was cleared: nothing to fill
     plain = tmp_path / "plain.png"
     subject_image(plain, size=16)
     with pytest.raises(gr.Error, match="no IC-Light metadata"):
-        handlers.load_settings(str(plain))
+        handlers.read_settings(str(plain))
 
 
 def test_gallery_selection_updates_the_comparison():
@@ -369,14 +370,19 @@ def test_preview_engine_cuts_each_image_out_once(handlers, tmp_path):
     assert not np.array_equal(first, second)
 
 
-def test_status_line_says_what_runs_and_how_to_get_missing_weights(tiny_paths, tmp_path, monkeypatch):
-    present = status_line(ModelManager(tiny_model_settings(tiny_paths)), Variant.FC)
-    assert "IC-Light fc" in present and "cpu" in present and "missing" not in present
+def test_status_line_is_one_plain_line_with_details_in_a_fold(tiny_paths, tmp_path, monkeypatch):
+    present = status_line(ModelManager(tiny_model_settings(tiny_paths)), Variant.FC, "RMBG-1.4")
+    line, details = present.split("\n\n", 1)
+    assert line == "Ready · fc · CPU fp32 · RMBG-1.4"
+    assert details.startswith("<details><summary>details</summary>") and "IC-Light fc" in details
     offline = ModelManager(tiny_model_settings(tiny_paths, models_dir=tmp_path))
-    text = status_line(offline, Variant.FBC)
-    assert "weights are missing" in text and "iclight_sd15_fbc.safetensors" in text
+    text = status_line(offline, Variant.FBC, "GrabCut")
+    assert text.startswith("Weights missing · fbc · CPU fp32 · GrabCut\n")
+    assert "iclight_sd15_fbc.safetensors" in text
     assert "https://huggingface.co/lllyasviel/ic-light/resolve/main/iclight_sd15_fbc.safetensors" in text
+    failed = status_line(offline, Variant.FC, "GrabCut", failure="iclight_sd15_fc.safetensors is truncated")
+    assert failed.startswith("Load failed (see details) · fc") and "is truncated" in failed
     monkeypatch.delenv("ICLIGHT_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     online = ModelManager(replace(tiny_model_settings(tiny_paths, models_dir=tmp_path), download=True))
-    assert "will be downloaded" in status_line(online, Variant.FC)
+    assert status_line(online, Variant.FC, "RMBG-1.4").startswith("Ready (downloads the weights on the first relight)")

@@ -33,7 +33,7 @@ def fbc(tiny_paths, tmp_path_factory):
 
 def test_view_api_lists_exactly_the_documented_endpoints(fbc):
     api = fbc.client.view_api(print_info=False, return_format="dict")
-    assert set(api["named_endpoints"]) == {"/relight", "/normals", "/preview", "/suggest"}
+    assert set(api["named_endpoints"]) == {"/relight", "/normals", "/preview", "/suggest", "/batch"}
     assert api["unnamed_endpoints"] == {}
     relight = [p["parameter_name"] for p in api["named_endpoints"]["/relight"]["parameters"]]
     normals = [p["parameter_name"] for p in api["named_endpoints"]["/normals"]["parameters"]]
@@ -67,7 +67,8 @@ def test_view_api_lists_exactly_the_documented_endpoints(fbc):
         "upscale",
     ]
     assert normals == relight
-    assert [r["label"] for r in api["named_endpoints"]["/normals"]["returns"]] == ["Results", "Run info"]
+    returns = lambda endpoint: [r["label"] for r in api["named_endpoints"][endpoint]["returns"]]  # noqa: E731
+    assert returns("/normals") == returns("/relight")  # a normals run replaces every output of the last relight
 
 
 def test_relight_with_a_background_returns_the_requested_size(fbc):
@@ -109,11 +110,18 @@ def test_missing_background_is_a_readable_error_and_the_app_keeps_serving(fbc):
     assert read_params(result[5][0]).bg_source is BGSource.TOP
 
 
-def test_normals_returns_the_normal_map_ratios_and_relights(fbc):
-    gallery, info = fbc.client.predict(foreground=fbc.subject, prompt="a ball", **FAST, api_name="/normals")
+def test_normals_returns_the_normal_map_ratios_and_relights_with_their_own_outputs(fbc):
+    gallery, foreground, matte, (before, after), seed, files, info = fbc.client.predict(
+        foreground=fbc.subject, prompt="a ball", seed=11, **FAST, api_name="/normals"
+    )
     assert [item["caption"] for item in gallery] == list(NORMAL_CAPTIONS) and len(gallery) == 9
     assert {image_size(item["image"]) for item in gallery} == {(256, 256)}
-    assert "Normals" in info
+    assert "Normals" in info and seed == 11
+    # The downloads, matte and before/after belong to this run: its nine images, saved with its settings.
+    assert len(files) == 9 and all(read_params(path).seed == 11 for path in files)
+    difference = read_rgb(after).astype(int) - read_rgb(gallery[0]["image"]).astype(int)
+    assert abs(difference).mean() < 1.0  # after = the normal map (the slider sends a lossy WebP)
+    assert image_size(before) == image_size(foreground) == image_size(matte) == (256, 256)
 
 
 def test_preview_and_suggest_answer(fbc):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -39,7 +40,7 @@ def fc(tiny_paths, tmp_path_factory):
 
 def test_view_api_lists_exactly_the_documented_endpoints(fc):
     api = fc.client.view_api(print_info=False, return_format="dict")
-    assert set(api["named_endpoints"]) == {"/relight", "/preview", "/suggest"}
+    assert set(api["named_endpoints"]) == {"/relight", "/preview", "/suggest", "/batch"}
     assert api["unnamed_endpoints"] == {}
     names = lambda endpoint: [p["parameter_name"] for p in api["named_endpoints"][endpoint]["parameters"]]  # noqa: E731
     assert names("/preview") == ["image", "azimuth", "elevation", "color", "intensity", "ambient"]
@@ -193,18 +194,56 @@ def test_suggest_works_offline_and_says_so(fc):
         assert Light.from_dict(item["light"]).to_dict() == {**Light().to_dict(), **item["light"]}
 
 
-def test_status_line_explains_missing_weights_and_preview_still_works(tiny_paths, tmp_path):
-    model = tiny_model_settings(tiny_paths, models_dir=tmp_path / "empty")
+def test_missing_models_are_one_banner_and_relight_says_why_it_is_off(tiny_paths, tmp_path):
+    model = replace(tiny_model_settings(tiny_paths, models_dir=tmp_path / "empty"), base_model=str(tmp_path / "sd"))
     demo = create_demo(None, app_settings(model, tmp_path / "outputs"))
     try:
         client = Client(launch(demo), verbose=False)
-        status = next(c for c in client.config["components"] if c["props"].get("elem_id") == "status")
-        text = status["props"]["value"]
-        assert "weights are missing" in text and "iclight_sd15_fc.safetensors" in text
-        assert "https://huggingface.co/lllyasviel/ic-light" in text and str((tmp_path / "empty").resolve()) in text
+        props = {c["props"].get("elem_id"): c["props"] for c in client.config["components"]}
+        banner = props["weights-banner"]
+        assert banner["visible"] is True and banner["value"].count("\n- **") == 2  # the base model, the IC-Light file
+        assert f"`{tmp_path / 'sd'}`" in banner["value"] and "iclight_sd15_fc.safetensors" in banner["value"]
+        assert "https://huggingface.co/lllyasviel/ic-light" in banner["value"]
+        assert props["status"]["value"].startswith("Weights missing · fc · CPU fp32 · ")
+        assert (props["relight"]["value"], props["relight"]["interactive"]) == (
+            "Relight (models missing, see above)",
+            False,
+        )
         subject = handle_file(str(subject_image(tmp_path / "subject.png")))
         assert read_rgb(client.predict(image=subject, api_name="/preview")).shape == (256, 256, 3)
-        with pytest.raises(AppError, match="iclight_sd15_fc.safetensors"):
+        with pytest.raises(AppError, match=r"SD 1.5 base model is missing .*iclight_sd15_fc.safetensors"):
             client.predict(foreground=subject, prompt="a ball", **FAST, api_name="/relight")
     finally:
         demo.close()
+
+
+def _layout_order(node: dict) -> list[int]:
+    """Component ids of the page layout in document order (the order a phone stacks them in)."""
+    return [node["id"], *(k for child in node.get("children", []) for k in _layout_order(child))]
+
+
+def test_page_shape_one_progress_bar_no_badges_and_results_after_relight(fc):
+    config = fc.demo.config
+    components = {c["id"]: c for c in config["components"]}
+    by_elem = {c["props"].get("elem_id"): c["id"] for c in config["components"] if c["props"].get("elem_id")}
+    dependencies = {d["id"]: d for d in config["dependencies"]}
+    relight = next(d for d in config["dependencies"] if d["api_name"] == "relight")
+    check = dependencies[relight["trigger_after"]]
+    # Inputs are checked by an event with no outputs, so a bad input paints no output box; the job runs only after.
+    assert check["outputs"] == [] and [tuple(target) for target in check["targets"]] == [(by_elem["relight"], "click")]
+    assert relight["trigger_only_on_success"] and relight["show_progress_on"] == [by_elem["results"]]
+    upload = next(d for d in config["dependencies"] if d["targets"][0][1] == "upload")
+    (loaded,) = upload["outputs"]
+    assert components[loaded]["type"] == "state"  # a PNG without our settings changes no form field
+    # Stop is idle until a job runs; the seed used is hidden until a run has one; the Mood starts as "Any mood".
+    stop = components[by_elem["stop"]]["props"]
+    assert (stop["variant"], stop["interactive"]) == ("secondary", False)
+    assert components[by_elem["seed-used"]]["props"]["visible"] is False
+    mood = next(c for c in config["components"] if c["props"].get("label") == "Mood")["props"]
+    assert list(mood["choices"][0]) == ["Any mood", ""] and mood["value"] == ""
+    # Examples under the foreground; on a narrow screen the results come straight after the Relight button.
+    order = _layout_order(config["layout"])
+    position = {key: order.index(by_elem[key]) for key in ("examples", "relight", "stop", "results", "light-pad")}
+    assert position["examples"] < position["relight"] < position["stop"] < position["results"] < position["light-pad"]
+    between = order[position["stop"] + 1 : position["results"]]
+    assert all(components[k]["type"] in ("row", "column", "form") for k in between if k in components)

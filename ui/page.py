@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
-from core.imaging.inputs import ACCEPTED_TEXT
+from core.imaging.inputs import ACCEPTED_TEXT, hide_upload_folders
 from core.lighting.lights import Light
 from core.lighting.prompt_words import SUBJECT_ITEMS, replace_lighting, split_items
 from core.lighting.suggest import MOODS
@@ -23,8 +24,19 @@ from core.params import (
     Upscale,
 )
 from core.service import Relighter
-from ui.form import CHOICE_NAMES, INT_FIELDS, PAD_FIELDS, field_spec, label, pad_values, ranges, slider_step
-from ui.handlers import NORMALS_OUTPUTS, RELIGHT_OUTPUTS, AppHandlers, pad_image
+from ui.form import (
+    CHOICE_NAMES,
+    INT_FIELDS,
+    PAD_FIELDS,
+    field_spec,
+    label,
+    pad_values,
+    ranges,
+    slider_step,
+    strict_inputs,
+)
+from ui.handlers import NORMALS_OUTPUTS, RELIGHT_OUTPUTS, STOP_OUTPUTS, AppHandlers, pad_image, stop_button
+from ui.jobs import planned_size
 from ui.settings import AppSettings
 
 IMAGE_HEIGHT = 320  # px of the input and output image boxes
@@ -48,6 +60,9 @@ MATTING_NOTE = (
     "RMBG-1.4 (BRIA AI) may only be used non-commercially; BiRefNet is MIT-licensed. Without their weights the "
     "app falls back to GrabCut and says so. PNGs with transparency use their own alpha channel."
 )
+SCROLL_TO_FORM = "() => document.getElementById('form-top')?.scrollIntoView({behavior: 'smooth', block: 'start'})"
+MOOD_ANY = "Any mood"  # the Mood dropdown's blank choice: suggestions for no mood in particular
+CHOICE_INFO = "Left/Right/Top/Bottom are the official lights (no ambient); the light pad makes a Custom Light."
 UPSCALE_LABELS = {Upscale.OFF: "Off", Upscale.X2: "x2", Upscale.X4: "x4", Upscale.P1080: "1080p (short side)"}
 
 
@@ -97,8 +112,9 @@ def image_input(label: str) -> gr.Image:
         except Image.DecompressionBombError as exc:
             raise gr.Error(f"{label}: the image is too large to open safely ({exc})") from None
         except (UnidentifiedImageError, OSError, ValueError) as exc:
+            reason = hide_upload_folders(str(exc))  # the file's name, not the server's upload folder
             raise gr.Error(
-                f"{label}: cannot read the file as an image ({exc}); upload a {ACCEPTED_TEXT} image"
+                f"{label}: cannot read the file as an image ({reason}); upload a {ACCEPTED_TEXT} image"
             ) from None
 
     image.preprocess = preprocess
@@ -123,7 +139,9 @@ def _build_prompt(page: Page) -> None:
     """Prompt with the lighting-suggestion controls beside it."""
     with gr.Row(equal_height=True):
         page.inputs["prompt"] = gr.Textbox(label=label("prompt"), scale=4, placeholder="subject, lighting")
-        page.parts["mood"] = gr.Dropdown(["", *MOODS], value="", label="Mood", scale=1, min_width=110)
+        page.parts["mood"] = gr.Dropdown(
+            [(MOOD_ANY, ""), *((mood, mood) for mood in MOODS)], value="", label="Mood", scale=1, min_width=150
+        )
         page.parts["suggest"] = gr.Button("Suggest lighting", scale=1, min_width=110)
     page.parts["suggestions"] = gr.JSON(label="Lighting suggestions", visible=False)
     page.parts["chips"] = gr.Dataset(
@@ -149,6 +167,7 @@ def _build_size(page: Page) -> None:
         with gr.Row():
             _slider(page, "width", RelightParams.width)
             _slider(page, "height", RelightParams.height)
+    page.parts["planned_size"] = gr.Markdown(elem_id="planned-size")  # filled on load and on every size change
 
 
 def _build_light_pad(page: Page) -> None:
@@ -171,7 +190,8 @@ def _build_light_pad(page: Page) -> None:
                 for name in row:
                     slider = field_spec(name).slider
                     if slider is None:  # the colour
-                        page.inputs[name] = gr.ColorPicker(value=values[name], label=label(name))
+                        # The block clips its ~260 px pop-up picker, so it is kept at least that wide.
+                        page.inputs[name] = gr.ColorPicker(value=values[name], label=label(name), min_width=280)
                     else:
                         low, high, step = slider
                         page.inputs[name] = gr.Slider(low, high, value=values[name], step=step, label=label(name))
@@ -217,14 +237,20 @@ def _build_finishing(page: Page) -> None:
         )  # fmt: skip
 
 
-def _build_outputs(page: Page) -> None:
-    """Results gallery, before/after slider, preprocessed foreground, matte and downloads."""
+def _build_results(page: Page) -> None:
+    """Results gallery (it alone shows the job's progress bar), run info and the seed used."""
     out = page.outputs
     out["gallery"] = gr.Gallery(
         label="Results", height=IMAGE_HEIGHT * 3 // 2, columns=2, object_fit="contain", format="png", elem_id="results"
     )
-    out["info"] = gr.Markdown(label="Run info")
-    out["seed"] = gr.Number(label="Seed used", value=None, precision=0, interactive=False)
+    out["info"] = gr.Markdown(label="Run info", elem_id="run-info")
+    # A Number box cannot be empty (the browser shows 0), so it stays hidden until a run has a seed to show.
+    out["seed"] = gr.Number(label="Seed used", precision=0, interactive=False, visible=False, elem_id="seed-used")
+
+
+def _build_run_details(page: Page) -> None:
+    """Before/after slider, preprocessed foreground, matte and downloads of the last run."""
+    out = page.outputs
     out["comparison"] = gr.ImageSlider(label="Before and after", type="numpy")
     with gr.Row():
         out["foreground"] = gr.Image(label="Preprocessed foreground", interactive=False, height=IMAGE_HEIGHT)
@@ -233,25 +259,53 @@ def _build_outputs(page: Page) -> None:
     out["results"] = gr.State()
 
 
+def _build_examples(page: Page) -> None:
+    """A strip of example thumbnails under the inputs; a click fills every example field (see _wire)."""
+    images = [k for k, name in enumerate(page.spec.example_fields) if name in ("foreground", "background")]
+    page.parts["examples"] = gr.Dataset(
+        components=["image"] * len(images),
+        samples=[[row[k] for k in images] for row in page.spec.examples],
+        type="index",
+        layout="gallery",
+        label="Examples (click one to fill the form)",
+        samples_per_page=len(page.spec.examples),
+        elem_id="examples",
+    )
+
+
 def build_page(spec: AppSpec, handlers: AppHandlers, settings: AppSettings) -> Page:
     """Lay out the page and wire the shared events; call inside `gr.Blocks()`."""
     page = Page(handlers, spec)
     gr.Markdown(f"# {spec.title}\n{spec.intro}")
     page.parts["status"] = gr.Markdown(handlers.status(), elem_id="status")
-    with gr.Row():
+    banner = handlers.banner()
+    page.parts["banner"] = gr.Markdown(banner, visible=bool(banner), elem_id="weights-banner")
+    # Two rows of two columns: a phone stacks them in this order, so Results come right after the Relight button.
+    with gr.Row(elem_id="form-top"):
         with gr.Column(scale=1):
             with gr.Row():
                 page.inputs["foreground"] = image_input("Foreground")
                 if spec.add_inputs is not None:
                     spec.add_inputs(page)
+            _build_examples(page)
             _build_prompt(page)
             name = CHOICE_NAMES[spec.mode]
-            page.inputs[name] = gr.Radio(list(spec.choices), value=spec.choice_default, label=spec.choice_label)
+            info = CHOICE_INFO if spec.mode is Mode.FC else None
+            page.inputs[name] = gr.Radio(
+                list(spec.choices), value=spec.choice_default, label=spec.choice_label, info=info
+            )
             with gr.Row():
-                page.parts["relight"] = gr.Button("Relight", variant="primary", elem_id="relight")
-                page.parts["stop"] = gr.Button("Stop", variant="stop")
+                button = handlers.relight_button()
+                page.parts["relight"] = gr.Button(
+                    button["value"], interactive=button["interactive"], variant="primary", elem_id="relight"
+                )
+                page.parts["stop"] = gr.Button("Stop", variant="secondary", interactive=False, elem_id="stop")
                 if spec.add_actions is not None:
                     spec.add_actions(page)
+        with gr.Column(scale=1):
+            _build_results(page)
+    with gr.Row():
+        with gr.Column(scale=1):
             _build_light_pad(page)
             _build_size(page)
             _build_advanced(page)
@@ -260,17 +314,10 @@ def build_page(spec: AppSpec, handlers: AppHandlers, settings: AppSettings) -> P
                 label="Load settings from a result PNG", file_types=[".png"], type="filepath"
             )
         with gr.Column(scale=1):
-            _build_outputs(page)
+            _build_run_details(page)
             if spec.add_quick_lists is not None:
                 spec.add_quick_lists(page)
-    gr.Examples(
-        spec.examples,
-        inputs=[page.inputs[name] for name in spec.example_fields],
-        cache_examples=False,
-        run_on_click=False,
-        api_visibility="private",
-        examples_per_page=12,
-    )
+    strict_inputs(spec.mode, {**page.inputs, "mood": page.parts["mood"]})  # API values: types and ranges, named
     _wire(page, settings)
     return page
 
@@ -281,17 +328,16 @@ def _wire(page: Page, settings: AppSettings) -> None:
     choice = inputs[CHOICE_NAMES[page.spec.mode]]
     pad_inputs = [inputs[name] for name in PAD_FIELDS]
     private = {"api_visibility": "private", "queue": False}
-    # Relight: queued, one job per GPU, live previews; Stop cancels it between steps.
-    relight = parts["relight"].click(
-        h.relight,
-        inputs_kwargs=inputs,
-        outputs=[out[name] for name in RELIGHT_OUTPUTS],
-        api_name="relight",
-        concurrency_id=GPU_QUEUE,
-        concurrency_limit=settings.concurrency,
+    # Relight: inputs and models are checked before queueing (a problem is one message, no output changes), then
+    # queued, one job per GPU, live previews, one progress bar on the results; Stop cancels it between steps.
+    _wire_job(page, parts["relight"], h.check, h.relight, RELIGHT_OUTPUTS, "relight", settings)
+    example_fields = [inputs[name] for name in page.spec.example_fields]
+    fill = partial(_example_values, page.spec)
+    parts["examples"].click(fill, inputs=parts["examples"], outputs=example_fields, **private).then(
+        None, js=SCROLL_TO_FORM
     )
-    relight.then(h.status, outputs=parts["status"], **private)
-    page.gpu_events.append(relight)
+    size_inputs = [inputs[name] for name in ("width", "height", "highres_scale", "upscale")]
+    gr.on([c.change for c in size_inputs], planned_size, inputs=size_inputs, outputs=parts["planned_size"], **private)
     out["gallery"].select(h.compare, inputs=out["results"], outputs=out["comparison"], **private)
     # Light pad: a click or a slider moves the light; a named choice puts the official light on the pad.
     parts["pad"].select(
@@ -348,28 +394,56 @@ def _wire(page: Page, settings: AppSettings) -> None:
     targets = {name: comp for name, comp in inputs.items() if name not in ("foreground", "background")}
     targets["pad"] = parts["pad"]
 
-    def load_settings(path: str | None) -> list[Any]:
+    def apply_settings(values: dict[str, Any] | None) -> list[Any]:
         """Restored values in `targets` order; fields the PNG does not set stay as they are."""
-        values = h.load_settings(path)
-        return [values.get(name, gr.skip()) for name in targets]
+        return [(values or {}).get(name, gr.skip()) for name in targets]
 
+    # Read first (an unusable PNG is one message and changes nothing), then fill the form.
+    loaded = gr.State()
     parts["settings_file"].upload(
-        load_settings, inputs=parts["settings_file"], outputs=list(targets.values()), api_visibility="private"
+        h.read_settings, inputs=parts["settings_file"], outputs=loaded, api_visibility="private"
+    ).success(apply_settings, inputs=loaded, outputs=list(targets.values()), **private)
+
+
+def _example_values(spec: AppSpec, index: int) -> list[Any]:
+    """Every field of example `index`, in `spec.example_fields` order."""
+    return list(spec.examples[index])
+
+
+def _wire_job(
+    page: Page,
+    button: gr.Button,
+    check: Callable[..., None],
+    fn: Callable[..., Any],
+    outputs: tuple[str, ...],
+    api_name: str,
+    settings: AppSettings,
+) -> None:
+    """A GPU job behind `button`: checked before queueing, Stop armed while it runs, status line after it."""
+    h, parts = page.handlers, page.parts
+    private = {"api_visibility": "private", "queue": False}
+    # Queued: Gradio shows the message of a failed un-queued event nowhere. Checks are quick, so never limited.
+    checked = button.click(
+        check, inputs_kwargs=page.inputs, outputs=None, api_visibility="private", concurrency_limit=None
     )
+    checked.success(lambda: stop_button(True), outputs=parts["stop"], **private)
+    job = checked.success(
+        fn,
+        inputs_kwargs=page.inputs,
+        outputs=[page.outputs[name] for name in outputs],
+        api_name=api_name,
+        concurrency_id=GPU_QUEUE,
+        concurrency_limit=settings.concurrency,
+        show_progress_on=page.outputs["gallery"],
+    )
+    job.then(lambda: (h.status(), stop_button(False)), outputs=[parts["status"], parts["stop"]], **private)
+    job.success(lambda: gr.update(visible=True), outputs=page.outputs["seed"], **private)  # a run has a seed to show
+    page.gpu_events.append(job)
 
 
 def wire_normals(page: Page, button: gr.Button, settings: AppSettings) -> None:
-    """'Compute Normal' (/normals): the same inputs as /relight, a 9-image gallery out."""
-    event = button.click(
-        page.handlers.normals,
-        inputs_kwargs=page.inputs,
-        outputs=[page.outputs[name] for name in NORMALS_OUTPUTS],
-        api_name="normals",
-        concurrency_id=GPU_QUEUE,
-        concurrency_limit=settings.concurrency,
-    )
-    event.then(page.handlers.status, outputs=page.parts["status"], api_visibility="private", queue=False)
-    page.gpu_events.append(event)
+    """'Compute Normal' (/normals): the same inputs and outputs as /relight, a 9-image gallery in the results."""
+    _wire_job(page, button, page.handlers.check_normals, page.handlers.normals, NORMALS_OUTPUTS, "normals", settings)
 
 
 def build_demo(spec: AppSpec, relighter: Relighter | None, settings: AppSettings | None) -> gr.Blocks:
@@ -391,8 +465,23 @@ def build_demo(spec: AppSpec, relighter: Relighter | None, settings: AppSettings
 
 def finish(demo: gr.Blocks, page: Page, settings: AppSettings) -> gr.Blocks:
     """Stop button, status refresh on page load, and the queue; call inside the Blocks after all events."""
-    page.parts["stop"].click(None, cancels=page.gpu_events, api_visibility="private")
-    demo.load(page.handlers.status, outputs=page.parts["status"], api_visibility="private", queue=False)
+    h, parts, out = page.handlers, page.parts, page.outputs
+    private = {"api_visibility": "private", "queue": False}
+    parts["stop"].click(
+        h.stop,
+        outputs=[out[name] for name in STOP_OUTPUTS],
+        cancels=page.gpu_events,
+        api_visibility="private",
+        concurrency_limit=None,  # each Stop only waits for its own job's next step
+    ).then(lambda: (h.status(), stop_button(False)), outputs=[parts["status"], parts["stop"]], **private)
+    demo.load(
+        h.page_state,
+        outputs=[parts["status"], parts["banner"], parts["relight"], parts["stop"]],
+        api_visibility="private",
+        queue=False,
+    )
+    size_inputs = [page.inputs[name] for name in ("width", "height", "highres_scale", "upscale")]
+    demo.load(planned_size, inputs=size_inputs, outputs=parts["planned_size"], api_visibility="private", queue=False)
     return demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
 
 

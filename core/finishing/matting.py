@@ -6,6 +6,7 @@ import gc
 import logging
 import math
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -279,15 +280,48 @@ class Matter:
             try:
                 return _MATTE_FUNCTIONS[backend](self.load(backend), rgb), None
             except (WeightsNotFoundError, CorruptWeightsError, IncompatibleModelError) as exc:
-                name, env = LOCAL_NAMES[backend], ENV_VARS[backend]
-                reason = (
-                    f"{name} could not be used, so the background was removed with GrabCut (rougher edges). "
-                    f"Reason: {_first_line(exc)}. "
-                    f"To fix it, put the model folder at {self.models_dir / name} or set {env}."
-                )
-                logger.info("%s", reason)  # the caller shows the notice; logging it too would say it twice
+                # The full error (paths, errno codes) is for the log; the user gets what happened and what to do.
+                logger.warning("%s could not be loaded: %s", LOCAL_NAMES[backend], exc)
+                reason = self._fallback_notice(backend, exc)
                 self._failures[backend] = reason
         return None, reason
+
+    def _fallback_notice(self, backend: Matting, exc: Exception) -> str:
+        """The GrabCut-fallback notice in plain words: why the model was not used and where it should go."""
+        name, env = LOCAL_NAMES[backend], ENV_VARS[backend]
+        if isinstance(exc, WeightsNotFoundError):
+            source = self.source(backend)
+            why = "it is not installed"
+            if source == HUB_IDS[backend]:
+                why += f" (it comes from https://huggingface.co/{source})"
+        elif isinstance(exc, CorruptWeightsError):
+            why = f"its files are damaged ({_plain(_first_line(exc))})"
+        else:
+            why = f"it is not a model this app can use ({_plain(_first_line(exc))})"
+        where = self._overrides.get(backend) or str(self.models_dir / name)
+        return (
+            f"{name} could not be used, so the background was removed with GrabCut (rougher edges): {why}. "
+            f"To use {name}, put its model folder at {where} or set {env}."
+        )
+
+    def failure(self, backend: Matting) -> str | None:
+        """Why `backend` fell back to GrabCut on this Matter, if it did (cleared by unload)."""
+        return self._failures.get(coerce_enum(Matting, backend, "matting"))
+
+    def describe(self, backend: Matting) -> str:
+        """A few words for a status line: which method the default `backend` will give, without loading anything."""
+        backend = coerce_enum(Matting, backend, "matting")
+        name = LOCAL_NAMES.get(backend, backend.value)
+        if backend not in MODEL_BACKENDS or backend in self._injected or (backend, self.device) in self._cache:
+            return name
+        if self.failure(backend):
+            return f"GrabCut ({name} unavailable)"
+        source = self.source(backend)
+        if Path(source).is_dir() or _hub_cached(source):
+            return name
+        from core.models.loading import offline_mode
+
+        return f"GrabCut ({name} not installed)" if offline_mode() else f"{name} (downloads on first use)"
 
     @staticmethod
     def _grabcut(rgb: np.ndarray) -> tuple[np.ndarray, str | None]:
@@ -295,6 +329,22 @@ class Matter:
         if float((matte > 0.5).mean()) < MIN_FOREGROUND:
             return np.ones_like(matte), "GrabCut found no subject, so the whole image was kept."
         return matte, None
+
+
+def _hub_cached(repo_id: str) -> bool:
+    """True when the Hub cache holds the model's config (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repo id (e.g. a missing local path): not cached
+        return False
+
+
+def _plain(text: str) -> str:
+    """`text` without errno codes, and with file paths cut to their last part."""
+    text = re.sub(r"\[Errno -?\d+\]\s*", "", text)
+    return re.sub(r"(?:[A-Za-z]:)?(?:[\\/][^\s'\"\\/:]+)+[\\/]?", lambda m: Path(m.group(0).rstrip("/\\")).name, text)
 
 
 def _first_line(exc: Exception, limit: int = 200) -> str:
