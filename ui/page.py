@@ -436,7 +436,11 @@ def _wire_job(
         concurrency_limit=settings.concurrency,
         show_progress_on=page.outputs["gallery"],
     )
-    job.then(lambda: (h.status(), stop_button(False)), outputs=[parts["status"], parts["stop"]], **private)
+    job.then(
+        lambda: (h.status(), stop_button(False), h.relight_button()),
+        outputs=[parts["status"], parts["stop"], parts["relight"]],
+        **private,
+    )
     job.success(lambda: gr.update(visible=True), outputs=page.outputs["seed"], **private)  # a run has a seed to show
     page.gpu_events.append(job)
 
@@ -467,10 +471,10 @@ def finish(demo: gr.Blocks, page: Page, settings: AppSettings) -> gr.Blocks:
     """Stop button, status refresh on page load, and the queue; call inside the Blocks after all events."""
     h, parts, out = page.handlers, page.parts, page.outputs
     private = {"api_visibility": "private", "queue": False}
-    parts["stop"].click(
+    # The browser cancels the jobs only once the click's own function has returned, so the report comes after.
+    parts["stop"].click(None, cancels=page.gpu_events, api_visibility="private").then(
         h.stop,
         outputs=[out[name] for name in STOP_OUTPUTS],
-        cancels=page.gpu_events,
         api_visibility="private",
         concurrency_limit=None,  # each Stop only waits for its own job's next step
     ).then(lambda: (h.status(), stop_button(False)), outputs=[parts["status"], parts["stop"]], **private)
