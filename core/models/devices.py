@@ -43,10 +43,6 @@ class Placement:
         return torch.device(self.device)
 
     @property
-    def is_gpu(self) -> bool:
-        return self.torch_device.type in (CUDA, MPS)
-
-    @property
     def cache_key(self) -> tuple[str, str]:
         """(device, dtype-name) used to cache loaded models."""
         return self.device, f"{self.unet_dtype}/{self.text_dtype}/{self.vae_dtype}/{self.offload}"

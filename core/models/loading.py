@@ -29,7 +29,6 @@ ICLIGHT_HUB_REPO = "lllyasviel/ic-light"
 # Config used to interpret a single-file SD 1.5 checkpoint (layer layout, scheduler, tokenizer).
 SINGLE_FILE_CONFIG = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 LATENT_CHANNELS = 4
-SD15_TEXT_HIDDEN = 768  # CLIP ViT-L/14 width; SD 2.x uses 1024, SDXL 2048
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 OFFLINE_ENV = "ICLIGHT_OFFLINE"

@@ -147,7 +147,7 @@ def planned_steps(params: RelightParams, has_initial_image: bool) -> tuple[int, 
 
 def img2img_start(
     params: RelightParams, strength: float, init: torch.Tensor, generator: torch.Generator, device: torch.device
-):
+) -> tuple[object, torch.Tensor, torch.Tensor]:
     """(scheduler, timesteps, latents) of an image-to-image pass: `init` noised to the pass's first timestep."""
     scheduler = make_scheduler(params.sampler, params.fast)
     timesteps, _ = img2img_timesteps(scheduler, img2img_total_steps(params.steps, strength), strength, device)

@@ -6,24 +6,23 @@ import math
 
 import torch
 
-CLIP_CHUNK = 75  # tokens per chunk between the start and end tokens (model_max_length 77 - 2)
+CLIP_CHUNK = 75  # prompt tokens per chunk, between the start and end tokens
+CLIP_TOKENS = CLIP_CHUNK + 2  # a chunk as the text encoder takes it: CLIP's model_max_length
 
 
 def prompt_chunks(tokenizer, text: str) -> list[list[int]]:
-    """Token id chunks: [start] + up to 75 tokens + [end], padded with the end token to model_max_length."""
-    max_length = tokenizer.model_max_length
-    chunk_length = max_length - 2
+    """Token id chunks: [start] + up to CLIP_CHUNK tokens + [end], padded with the end token to CLIP_TOKENS."""
     start, end = tokenizer.bos_token_id, tokenizer.eos_token_id
     tokens = tokenizer(text, truncation=False, add_special_tokens=False)["input_ids"]
     # An empty prompt still needs one chunk (start, end, padding) so the text encoder has input.
-    pieces = [tokens[i : i + chunk_length] for i in range(0, len(tokens), chunk_length)] or [[]]
+    pieces = [tokens[i : i + CLIP_CHUNK] for i in range(0, len(tokens), CLIP_CHUNK)] or [[]]
     chunks = [[start] + piece + [end] for piece in pieces]
-    return [chunk + [end] * (max_length - len(chunk)) for chunk in chunks]
+    return [chunk + [end] * (CLIP_TOKENS - len(chunk)) for chunk in chunks]
 
 
 @torch.inference_mode()
 def encode_text(tokenizer, text_encoder, text: str, device: torch.device | str) -> torch.Tensor:
-    """(chunks, 77, width) hidden states of the prompt."""
+    """(chunks, CLIP_TOKENS, width) hidden states of the prompt."""
     ids = torch.tensor(prompt_chunks(tokenizer, text), dtype=torch.int64, device=device)
     return text_encoder(ids).last_hidden_state
 
