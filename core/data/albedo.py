@@ -109,13 +109,22 @@ def _forward(field: np.ndarray, axis: int) -> np.ndarray:
     return step
 
 
+def _shifted(field: np.ndarray, offset: int, axis: int) -> np.ndarray:
+    """field[i + offset] along `axis`, the edge values repeated past the border."""
+    padding = [(0, 0)] * field.ndim
+    padding[axis] = (max(-offset, 0), max(offset, 0))
+    padded = np.pad(field, padding, mode="edge")
+    start = max(offset, 0)
+    return np.take(padded, np.arange(start, start + field.shape[axis]), axis=axis)
+
+
 def _reflectance_gradient(log_lum: np.ndarray, raw_log_lum: np.ndarray, chroma: np.ndarray, axis: int) -> np.ndarray:
     """The forward gradient of log L along `axis` where it is an albedo edge, 0 where it is shading."""
     step = _forward(log_lum, axis)
     colour_step = _forward(chroma, axis)
     # Whole step across the pair's neighbourhood (EDGE_SPAN px each side), against the one-pixel step; an edge
     # blurred by the noise filter spreads over neighbouring pairs, so each pair takes its neighbours' sharpness.
-    span = np.roll(raw_log_lum, -EDGE_SPAN, axis=axis) - np.roll(raw_log_lum, EDGE_SPAN - 1, axis=axis)
+    span = _shifted(raw_log_lum, EDGE_SPAN, axis) - _shifted(raw_log_lum, 1 - EDGE_SPAN, axis)
     sharpness = np.abs(_forward(raw_log_lum, axis)) / np.maximum(np.abs(span), 1e-6)
     sharp = maximum_filter1d(sharpness, size=3, axis=axis) > SHARP_EDGE
     colour_edge = (colour_step > CHROMA_EDGE) & (sharp | (np.abs(span) < SMALL_STEP))
