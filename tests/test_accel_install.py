@@ -15,7 +15,7 @@ from core.accel.fusion import PackedConv2d, PackedLinear
 from core.models.devices import Placement, resolve_placement
 
 GPU = Placement(device="cuda", unet_dtype=torch.float16, text_dtype=torch.float16, vae_dtype=torch.bfloat16)
-NO_BF16_FUSION = fusion.unavailable_reason(torch.bfloat16)
+NO_FUSION, NO_BF16_FUSION = fusion.unavailable_reason(torch.float32), fusion.unavailable_reason(torch.bfloat16)
 
 
 def packed(model: nn.Module) -> int:
@@ -110,6 +110,7 @@ def changed(model: nn.Module, seed: int) -> None:
             module.weight.add_(delta.to(module.weight.dtype))
 
 
+@pytest.mark.skipif(NO_FUSION is not None, reason=f"fusion unavailable here: {NO_FUSION}")
 def test_plain_layers_gives_exact_weights_and_repacks_the_new_ones():
     """Inside, diffusers' own layers with exactly the weights packed; changed there, the repacked UNet computes
     with the new weights (as an eager UNet with them does), and differently from before."""
