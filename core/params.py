@@ -326,4 +326,8 @@ LIGHT_CONTROLS: dict[str, LightControl] = {
     "ambient": LightControl("ambient", Spec(
         "light reaching the unlit side", label="Ambient", low=0, high=1, slider=(0, 1, 0.05), metavar="X",
     )),
+    "light_softness": LightControl("softness", Spec(
+        "light size: 0 = a hard point light (sharp shadows), 1 = a big soft box (wide fall-off); shapes the instant "
+        "preview and the light pad", label="Softness", low=0, high=1, slider=(0, 1, 0.05), metavar="X",
+    )),
 }  # fmt: skip

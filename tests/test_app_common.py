@@ -290,14 +290,16 @@ def _select(index, value=None) -> gr.SelectData:
 def test_a_pad_click_places_the_light_where_the_sphere_was_clicked(handlers):
     target = Light(azimuth=45.0, elevation=30.0)
     x, y = pad_position(target, PAD_SIZE)
-    azimuth, elevation, image, choice = handlers.pad_click("None", "#ffffff", 1.0, 0.0, _select([round(x), round(y)]))
+    azimuth, elevation, image, choice = handlers.pad_click(
+        "None", "#ffffff", 1.0, 0.0, 0.5, _select([round(x), round(y)])
+    )
     assert azimuth == pytest.approx(45, abs=1) and elevation == pytest.approx(30, abs=1)
     assert choice == CUSTOM_LIGHT and image.shape == (PAD_SIZE, PAD_SIZE, 3)
 
 
 def test_named_choices_put_the_official_light_on_the_pad(handlers):
-    azimuth, elevation, color, intensity, ambient, image = handlers.choice_changed("Right Light")
-    assert Light(azimuth, elevation, color, intensity, ambient) == Light.named("right")
+    azimuth, elevation, color, intensity, ambient, softness, image = handlers.choice_changed("Right Light")
+    assert Light(azimuth, elevation, color, intensity, ambient, softness) == Light.named("right")
     assert all(isinstance(value, dict) for value in handlers.choice_changed(CUSTOM_LIGHT))  # gr.skip() updates
 
 

@@ -47,6 +47,7 @@ def test_view_api_lists_exactly_the_documented_endpoints(fbc):
         "light_color",
         "light_intensity",
         "ambient",
+        "light_softness",
         "seed",
         "randomize_seed",
         "num_images",

@@ -43,7 +43,7 @@ def test_view_api_lists_exactly_the_documented_endpoints(fc):
     assert set(api["named_endpoints"]) == {"/relight", "/preview", "/suggest", "/batch"}
     assert api["unnamed_endpoints"] == {}
     names = lambda endpoint: [p["parameter_name"] for p in api["named_endpoints"][endpoint]["parameters"]]  # noqa: E731
-    assert names("/preview") == ["image", "azimuth", "elevation", "color", "intensity", "ambient"]
+    assert names("/preview") == ["image", "azimuth", "elevation", "color", "intensity", "ambient", "softness"]
     assert names("/suggest") == ["image", "mood"]
     assert names("/relight") == [
         "foreground",
@@ -54,6 +54,7 @@ def test_view_api_lists_exactly_the_documented_endpoints(fc):
         "light_color",
         "light_intensity",
         "ambient",
+        "light_softness",
         "seed",
         "randomize_seed",
         "num_images",

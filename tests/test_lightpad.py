@@ -86,3 +86,81 @@ def test_bad_sizes_and_clicks_are_clear_errors() -> None:
         light_from_pad_click(float("nan"), 3.0, 64)
     with pytest.raises(InvalidParameterError, match="light"):
         render_light_pad("left", 64)  # type: ignore[arg-type]
+
+
+# -- the light's softness reaches the Light from the CLI and from the apps' pad ------------------------------------
+
+
+def test_light_softness_flag_sets_the_light(tmp_path) -> None:
+    from core.cli import build_parser, main, params_from_args
+
+    parser = build_parser()
+    base = ["relight", "--fg", str(tmp_path / "fg.png"), "--prompt", "p"]
+    params = params_from_args(parser.parse_args([*base, "--light", "left", "--light-softness", "0.2"]))
+    assert params.light.softness == 0.2
+    assert params.light.named_direction == "left"  # softness shapes the preview only: still the official light
+    params = params_from_args(parser.parse_args([*base, "--light-softness", "0.9"]))
+    assert params.light == Light(softness=0.9)
+    assert params_from_args(parser.parse_args([*base, "--light", "left"])).light.softness == Light().softness
+    assert main([*base, "--light-softness", "1.5"]) == 2  # one-line usage error, no traceback
+    with pytest.raises(InvalidParameterError, match="softness should be in \\[0, 1.0\\] but is 1.5"):
+        params_from_args(parser.parse_args([*base, "--light-softness", "1.5"]))
+
+
+def test_pad_softness_field_maps_to_the_light() -> None:
+    from ui.form import PAD_FIELDS, pad_light, pad_values
+
+    assert "light_softness" in PAD_FIELDS
+    light = Light(azimuth=30.0, elevation=20.0, color="#ffcc88", intensity=1.5, ambient=0.25, softness=0.15)
+    values = dict(zip(PAD_FIELDS, pad_values(light), strict=True))
+    assert values["light_softness"] == 0.15
+    assert pad_light(values) == light
+
+
+@pytest.fixture(scope="module")
+def fc_handlers(tmp_path_factory: pytest.TempPathFactory):
+    """The fc app's handlers over models that are never loaded (the preview needs none)."""
+    from core.models.manager import ModelManager, ModelSettings
+    from core.params import Mode
+    from core.service import Relighter
+    from ui.handlers import AppHandlers
+
+    root = tmp_path_factory.mktemp("pad")
+    settings = ModelSettings(
+        base_model=str(root / "none"), models_dir=root, device="cpu", dtype="fp32", download=False
+    )
+    return AppHandlers(Relighter(ModelManager(settings), root / "outputs"), Mode.FC)
+
+
+def test_pad_softness_slider_reaches_the_preview_light(fc_handlers, tmp_path, monkeypatch) -> None:
+    from PIL import Image
+
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    yy, xx = np.mgrid[:64, :64]
+    disc = (yy - 32) ** 2 + (xx - 32) ** 2 < 24**2
+    rgba[disc] = (180, 140, 100, 255)
+    path = tmp_path / "subject.png"
+    Image.fromarray(rgba).save(path)
+    seen: list[Light] = []
+    render = fc_handlers.previews.render
+    monkeypatch.setattr(
+        fc_handlers.previews, "render", lambda image, light, *a: seen.append(light) or render(image, light, *a)
+    )
+    hard = fc_handlers.preview(str(path), 180.0, 10.0, "#ffffff", 1.0, 0.0, "alpha", softness=0.0)
+    soft = fc_handlers.preview(str(path), 180.0, 10.0, "#ffffff", 1.0, 0.0, "alpha", softness=1.0)
+    assert [light.softness for light in seen] == [0.0, 1.0]
+    assert np.abs(hard.astype(int) - soft.astype(int)).max() > 10  # the softness changed the picture
+
+
+def test_pad_softness_slider_is_on_the_page_and_feeds_the_preview() -> None:
+    from gradio_fc import create_demo
+
+    demo = create_demo()
+    config = demo.get_config_file()
+    sliders = [c for c in config["components"] if c.get("props", {}).get("label") == "Softness"]
+    assert len(sliders) == 1 and sliders[0]["type"] == "slider"
+    slider = sliders[0]["id"]
+    assert sliders[0]["props"]["minimum"] == 0 and sliders[0]["props"]["maximum"] == 1
+    preview = [d for d in config["dependencies"] if d.get("api_name") == "preview"]
+    assert len(preview) == 1 and slider in preview[0]["inputs"]
+    assert any(slider in [t[0] for t in d["targets"]] for d in config["dependencies"])  # moving it redraws too

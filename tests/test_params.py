@@ -115,7 +115,7 @@ def test_cli_flags_and_help_come_from_the_specs():
     direct = {name for name, spec in PARAM_SPECS.items() if spec.flag is not None and spec.direct}
     assert set(PARAM_FLAGS.values()) == direct
     assert LIGHT_FLAGS == {"elevation": "elevation", "light_color": "color", "light_intensity": "intensity",
-                           "ambient": "ambient"}  # fmt: skip
+                           "ambient": "ambient", "light_softness": "softness"}  # fmt: skip
     help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["relight"].format_help().split())
     for flag in RELIGHT_FLAGS:
         assert flag.option in help_text

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
+import cv2
 import numpy as np
 import pytest
 
-from bench.preview_accuracy import gradient_baseline, masked_psnr
+from bench import photo_scenes
+from bench.preview_accuracy import gradient_baseline, masked_psnr, score_scene
 from bench.scenes import Scene, irradiance, render, sphere, textured_blob, true_normals
 from core.errors import InvalidParameterError
 from core.lighting.lights import Light
@@ -17,8 +20,10 @@ from core.lighting.preview import (
     disc_lambert,
     estimate_albedo,
     estimate_normals,
+    estimate_shading,
     estimate_source_light,
     preview_relight,
+    shade,
 )
 
 SIZE = 96
@@ -143,12 +148,44 @@ def test_normals_of_a_disc_matte_are_those_of_a_sphere(ball: tuple) -> None:
 
 def test_albedo_removes_the_shading(ball: tuple) -> None:
     scene, image, matte = ball
-    albedo = estimate_albedo(image, true_normals(scene), SOURCE)
+    linear = (image / 255.0) ** 2.2
+    albedo, trust = estimate_albedo(linear, matte, shade(true_normals(scene), SOURCE)[..., 0])
     inside = matte == 1.0
+    assert trust[inside].min() == 1.0  # the ball has fill light everywhere: nothing to guess
     # The ball is one colour: once its shading is divided out, the lit and the dim sides agree.
     red = albedo[..., 0][inside]
     assert red.std() / red.mean() < 0.05
     assert abs(red.mean() - scene.albedo[0, 0, 0]) < 0.05
+
+
+def test_albedo_in_black_shadow_is_filled_from_the_lit_side(ball: tuple) -> None:
+    scene, image, matte = ball
+    hard = Light(azimuth=180.0, elevation=0.0, ambient=0.0, softness=0.0)  # the right half gets no light at all
+    image, _ = render(scene, hard)
+    linear = (image / 255.0) ** 2.2
+    albedo, trust = estimate_albedo(linear, matte, shade(true_normals(scene), hard)[..., 0])
+    inside = matte == 1.0
+    dark = inside & (trust == 0.0)
+    assert dark.sum() > 0.3 * inside.sum() and image[dark].mean() < 2.0
+    # Nothing is left of the albedo there, so it comes from the lit half: the ball's one colour, not black.
+    np.testing.assert_allclose(albedo[dark].mean(axis=0), scene.albedo[0, 0], rtol=0.1)
+
+
+def test_shading_ignores_paint_edges() -> None:
+    scene = photo_scenes.build("sphere", "patches", SIZE)
+    light = Light(azimuth=150.0, elevation=35.0, ambient=0.15, softness=0.0)
+    image, matte = photo_scenes.photograph(scene, light)
+    inside = matte == 1.0
+    truth = cv2.resize(photo_scenes.irradiance(scene, light)[..., 1], (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+    luminance = ((image / 255.0) ** 2.2) @ np.array([0.2126, 0.7152, 0.0722])
+
+    def log_error(field: np.ndarray) -> float:
+        """Spread of log(field / truth) over the subject: 0 when the field is the light times a constant."""
+        return float(np.std(np.log(field[inside] + 1e-3) - np.log(truth[inside] + 1e-3)))
+
+    # The luminance mixes in the paint (nine colours); the shading keeps only the light.
+    assert log_error(luminance) > 0.4
+    assert log_error(estimate_shading(image, matte)) < 0.25
 
 
 def dense_disc_irradiance(cos_theta: np.ndarray, half_angle: float, samples: int = 20000) -> np.ndarray:
@@ -240,3 +277,71 @@ def test_bad_light_and_options_are_clear_errors(ball: tuple) -> None:
         preview_relight(image, matte, LEFT, specular_strength=-1.0)
     with pytest.raises(InvalidParameterError, match="background"):
         preview_relight(image, matte, LEFT, np.zeros((4, 4, 2), np.uint8))
+
+
+# -- independent scenes: a renderer that shares nothing with the preview ------------------------------------------
+
+
+def test_independent_renderer_imports_nothing_from_the_preview() -> None:
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(photo_scenes))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not any(name.startswith("core.lighting.preview") for name in imported)
+
+
+def test_srgb_encoding_is_the_standard_curve() -> None:
+    encoded = photo_scenes.srgb_encode(np.array([0.0, 0.002, 0.0031308, 0.18, 0.5, 1.0, 1.5]))
+    np.testing.assert_allclose(encoded, [0.0, 0.02584, 0.04045, 0.46135, 0.73536, 1.0, 1.0], atol=1e-4)
+
+
+def unshadowed(normals: np.ndarray) -> photo_scenes.PhotoScene:
+    """A 1xN strip of the given normals, nothing blocking the light."""
+    row = normals[None]
+    flat = np.zeros(row.shape[:2])
+    return photo_scenes.PhotoScene("strip", np.ones_like(row), row, flat, flat == 0.0, shadows=False)
+
+
+@pytest.mark.parametrize("softness", [0.0, 0.4, 1.0])
+def test_a_surface_facing_the_light_receives_one(softness: float) -> None:
+    angles = np.radians([0.0, 60.0, 90.0, 100.0, 120.0])  # between the normal and the light
+    strip = unshadowed(np.stack([np.cos(angles), np.zeros(5), np.sin(angles)], axis=-1))
+    level = photo_scenes.irradiance(strip, Light(azimuth=0.0, elevation=0.0, softness=softness))[0, :, 0]
+    assert level[0] == pytest.approx(1.0, abs=1e-9)
+    assert np.all(np.diff(level) <= 1e-12)  # turning away from the light, never brighter
+    if softness == 0.0:  # a point light: Lambert's cosine, nothing past 90 degrees
+        np.testing.assert_allclose(level, np.maximum(np.cos(angles), 0.0), atol=1e-9)
+    else:  # a soft box still reaches a little past 90 degrees, and its size grows with the softness
+        assert level[3] > 0.0
+    if softness == 1.0:
+        assert level[4] > 0.0
+
+
+def test_the_face_shadows_itself_and_a_ball_does_not() -> None:
+    light = Light(azimuth=0.0, elevation=30.0, ambient=0.1, softness=0.0)  # from the right: the nose casts left
+    face = photo_scenes.build("face", "flat", 64)
+    with_shadows = photo_scenes.irradiance(face, light)[..., 0]
+    without = photo_scenes.irradiance(dataclasses.replace(face, shadows=False), light)[..., 0]
+    assert (with_shadows <= without + 1e-9).all()
+    darker = face.inside & (with_shadows < without - 0.2)
+    assert darker.sum() > 30
+    assert np.nonzero(darker)[1].mean() < 64  # left of the nose, away from the light
+    ball = photo_scenes.build("sphere", "flat", 64)  # convex: only the side turned away is dark, as Lambert says
+    shadowed = photo_scenes.irradiance(dataclasses.replace(ball, shadows=True), light)
+    np.testing.assert_allclose(shadowed, photo_scenes.irradiance(ball, light), atol=0.05)
+
+
+def test_preview_beats_the_baselines_on_an_independent_scene() -> None:
+    scene = photo_scenes.build("face", "patches", SIZE)
+    sources = (
+        Light(azimuth=160.0, elevation=20.0, ambient=0.0, softness=0.0),  # hard light, no fill: half the face black
+        Light(azimuth=20.0, elevation=50.0, ambient=0.2, softness=0.7),
+    )
+    targets = (
+        Light.named("right", softness=0.0),
+        Light(azimuth=250.0, elevation=60.0, softness=0.8, ambient=0.3, color="#a0c8ff"),
+    )
+    gains = score_scene(lambda light: photo_scenes.photograph(scene, light), sources, targets)[:, 3]
+    assert gains.mean() >= MIN_GAIN_DB and gains.min() > 3.0

@@ -46,9 +46,9 @@ def pad_light(values: Mapping[str, Any]) -> Light:
     return Light(**{_PAD_TO_LIGHT[name]: values[name] for name in PAD_FIELDS if values.get(name) is not None})
 
 
-def pad_values(light: Light) -> tuple[float, float, str, float, float]:
-    """The pad fields (in PAD_FIELDS order) that show `light`."""
-    return light.azimuth, light.elevation, light.color, light.intensity, light.ambient
+def pad_values(light: Light) -> tuple[Any, ...]:
+    """The pad fields (in PAD_FIELDS order) that show `light`: azimuth, elevation, colour, intensity, ambient, ..."""
+    return tuple(getattr(light, _PAD_TO_LIGHT[name]) for name in PAD_FIELDS)
 
 
 def light_fields(mode: Mode, choice: str, pad: Light) -> dict[str, Any]:

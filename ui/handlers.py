@@ -375,12 +375,13 @@ class AppHandlers:
         intensity: float,
         ambient: float,
         matting: str = Matting.RMBG.value,
+        softness: float = Light.softness,
     ) -> np.ndarray | None:
         """Instant classical relight of the image under the light (no diffusion, no weights); null without image."""
         if image is None:
             return None
         try:
-            light = Light(azimuth, elevation, color, intensity, ambient)
+            light = Light(azimuth, elevation, color, intensity, ambient, softness)
             relit, notice = self.previews.render(image, light, Matting(matting))
         except ICLightError as exc:
             raise user_error(exc) from None
@@ -400,10 +401,12 @@ class AppHandlers:
 
     # -- light pad and suggestion chips (UI only, hidden from the API) -------------------------------------------
 
-    def pad_click(self, choice: str, color: str, intensity: float, ambient: float, evt: gr.SelectData) -> tuple:
+    def pad_click(
+        self, choice: str, color: str, intensity: float, ambient: float, softness: float, evt: gr.SelectData
+    ) -> tuple:
         """A click on the pad: the light hits the sphere head-on where the user clicked."""
         azimuth, elevation = (round(angle, PAD_DECIMALS) for angle in light_from_pad_click(*evt.index, PAD_SIZE))
-        light = Light(azimuth, elevation, color, intensity, ambient)
+        light = Light(azimuth, elevation, color, intensity, ambient, softness)
         return azimuth, elevation, pad_image(light), self._choice_for_pad(choice, light)
 
     def pad_moved(self, choice: str, *pad: Any) -> tuple:

@@ -364,6 +364,7 @@ def _wire(page: Page, settings: AppSettings) -> None:
             "color": inputs["light_color"],
             "intensity": inputs["light_intensity"],
             "ambient": inputs["ambient"],
+            "softness": inputs["light_softness"],
             "matting": matting,
         },
         outputs=parts["preview"],

@@ -1,14 +1,17 @@
-"""Instant preview relighter: shape from silhouette, Retinex-style albedo, re-shading; no diffusion, no weights.
+"""Instant preview relighter: shape from silhouette, Retinex shading and albedo, re-shading; no diffusion, no weights.
 
 Recipe (estimation runs on a copy at most WORK_SIDE pixels on its long side; only the final multiply-add and
 composite touch full resolution, which keeps a 1-megapixel preview far below 150 ms on two cores):
 
 1. Normals: inflate the matte's silhouette into round bulges (each point lies on a ball as thick as the
    subject), then add weak relief from the luminance's high frequencies.
-2. Source light: fit `a + (1 - a) * disc_lambert(n . l)` to the input luminance against those normals inside
-   the matte (grid search over direction and softness, closed-form least squares for the two levels).
-3. Albedo = input / fitted source shading: the low-frequency shading is divided out, texture stays.
-4. Re-shade: albedo * target irradiance + Blinn-Phong highlight, composited with the matte over the untouched
+2. Shading (Retinex): the log-luminance's gradients, minus those that change colour (paint edges, not light),
+   integrated back into a shading field (a Poisson solve with the discrete cosine transform).
+3. Source light: fit `a + (1 - a) * disc_lambert(n . l)` to that shading against the normals inside the matte
+   (grid search over direction and softness, closed-form least squares for the two levels).
+4. Albedo = input / measured shading, so the input's own light (its cast shadows too) is divided out where the
+   normals are wrong; where the input is too dark to tell, albedo is filled in from the lit parts nearby.
+5. Re-shade: albedo * target irradiance + Blinn-Phong highlight, composited with the matte over the untouched
    input, or over a given background that receives the subject's soft cast shadow.
 """
 
@@ -51,9 +54,15 @@ COARSE_AZIMUTH_STEP, COARSE_ELEVATION_STEP = 20.0, 22.5  # degrees
 COARSE_SOFTNESS = (0.0, 0.5, 1.0)
 REFINE_ROUNDS = 4  # each round searches the 3x3x3 neighbourhood of the best candidate at half the step
 REFINE_OFFSETS = np.arange(-1, 2)
-# Re-shading.
+# Retinex shading.
+PAINT_EDGE = 0.08  # change in chromaticity (L1, rgb summing to 1) between neighbours that marks a paint edge
+DARK_LUMINANCE = 0.02  # below this linear luminance colour is noise: a gradient there is always shading
+# Albedo.
 SHADING_FLOOR = 0.05  # source shading below this is noise: dividing by it would blow the albedo up
 MAX_RATIO = 16.0  # cap on target / source shading, for the same reason
+TRUST_LOW, TRUST_HIGH = 0.02, 0.12  # source shading from which the input's albedo is used at all, and fully
+MIN_FILL_WEIGHT = 0.02  # push-pull: a coarse level fills a finer one where the finer one's weight is below this
+# Re-shading.
 MAX_OPTION = 4.0  # upper bound of specular_strength and detail: beyond it the look breaks down
 DEFAULT_SPECULAR = 0.1  # Blinn-Phong highlight strength for a hard light (a slightly glossy material)
 SHININESS_HARD, SHININESS_SOFT = 96.0, 8.0  # highlight exponent for softness 0 and 1
@@ -249,8 +258,107 @@ def _fit(
     return best, float(c0[best] / total) if total > 0.0 else 1.0
 
 
+def _down(field: np.ndarray) -> np.ndarray:
+    """Half-size Gaussian pyramid level, keeping a channel axis if there was one."""
+    smaller = cv2.pyrDown(field)
+    return smaller.reshape(smaller.shape[:2] + field.shape[2:])
+
+
+def _push_pull(values: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """HxWxC weighted average of `values` spread into the places where `weight` is low, coarse to fine."""
+    levels = [(np.ascontiguousarray(values * weight[..., None], dtype=np.float32), weight.astype(np.float32))]
+    while min(levels[-1][1].shape) > 2:
+        num, den = levels[-1]
+        levels.append((_down(num), _down(den)))
+    num, den = levels[-1]
+    total = float(den.sum())
+    mean = num.reshape(-1, num.shape[-1]).sum(axis=0) / total if total > 0.0 else np.zeros(num.shape[-1])
+    estimate = np.broadcast_to(mean.astype(np.float32), num.shape)
+    for num, den in reversed(levels):
+        height, width = den.shape
+        coarse = cv2.resize(estimate, (width, height), interpolation=cv2.INTER_LINEAR).reshape(num.shape)
+        trust = np.minimum(den / MIN_FILL_WEIGHT, 1.0)[..., None]
+        estimate = trust * (num / np.maximum(den, 1e-12)[..., None]) + (1.0 - trust) * coarse
+    return estimate
+
+
+def _poisson(divergence: np.ndarray) -> np.ndarray:
+    """The field whose Laplacian is `divergence` (Neumann edges, zero mean), via the discrete cosine transform."""
+    height, width = divergence.shape
+    # cv2.dct wants even sides: mirror one row / column, which keeps the Neumann condition.
+    padded = cv2.copyMakeBorder(divergence, 0, height % 2, 0, width % 2, cv2.BORDER_CONSTANT, value=0.0)
+    rows, cols = padded.shape
+    spectrum = cv2.dct(padded.astype(np.float64))
+    eigen = (2.0 * np.cos(np.pi * np.arange(cols) / cols) - 2.0)[None, :] + (
+        2.0 * np.cos(np.pi * np.arange(rows) / rows) - 2.0
+    )[:, None]
+    eigen[0, 0] = 1.0
+    spectrum /= eigen
+    spectrum[0, 0] = 0.0
+    return cv2.dct(spectrum, flags=cv2.DCT_INVERSE)[:height, :width].astype(np.float32)
+
+
+def _steps(field: np.ndarray, axis: int) -> np.ndarray:
+    """field[i + 1] - field[i] along `axis` (1: x, 0: y), zero past the last pixel; the same shape as `field`."""
+    step = np.zeros_like(field)
+    if axis == 1:
+        np.subtract(field[:, 1:], field[:, :-1], out=step[:, :-1])
+    else:
+        np.subtract(field[1:], field[:-1], out=step[:-1])
+    return step
+
+
+def _pairs(mask: np.ndarray, axis: int) -> np.ndarray:
+    """True where a pixel and its next neighbour along `axis` are both in `mask`."""
+    both = np.zeros_like(mask)
+    if axis == 1:
+        np.logical_and(mask[:, 1:], mask[:, :-1], out=both[:, :-1])
+    else:
+        np.logical_and(mask[1:], mask[:-1], out=both[:-1])
+    return both
+
+
+def _shading(linear: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """estimate_shading on a linear image and a boolean matte."""
+    luminance = _dot(linear, LUMA)
+    if not inside.any():
+        return luminance
+    log_lum = np.log(luminance + np.float32(LOG_EPS))
+    # Outside the matte the field is filled from the inside, so the rim adds no false jumps to the solve.
+    log_lum = np.where(inside, log_lum, _push_pull(log_lum[..., None], inside.astype(np.float32))[..., 0])
+    total = linear[..., 0] + linear[..., 1] + linear[..., 2] + np.float32(3 * LOG_EPS)
+    red, green = linear[..., 0] / total, linear[..., 1] / total  # chromaticity; blue is what is left
+    solid = inside & (luminance > DARK_LUMINANCE)  # colour is only meaningful on the lit subject
+    divergence = np.zeros_like(log_lum)
+    for axis in (1, 0):
+        d_red, d_green = _steps(red, axis), _steps(green, axis)
+        paint = np.abs(d_red) + np.abs(d_green) + np.abs(d_red + d_green) > PAINT_EDGE
+        # A colour change between two lit pixels of the subject is paint, not light: drop its step. (A change of
+        # brightness alone stays: it is as often a shadow's edge as a darker paint.)
+        step = np.where(paint & _pairs(solid, axis), np.float32(0.0), _steps(log_lum, axis))
+        divergence += step
+        if axis == 1:
+            divergence[:, 1:] -= step[:, :-1]
+        else:
+            divergence[1:] -= step[:-1]
+    shading = _poisson(divergence)
+    # The solve leaves a constant free: match the input's typical level inside the matte.
+    shading += float(np.median((log_lum - shading)[inside]))
+    return np.exp(shading)
+
+
+def estimate_shading(image: np.ndarray, matte: np.ndarray) -> np.ndarray:
+    """HxW linear luminance with the paint taken out (Retinex): the light falling on the subject, up to a scale."""
+    return _shading(_linear(image), np.asarray(matte) >= MATTE_INSIDE)
+
+
 def estimate_source_light(image: np.ndarray, matte: np.ndarray, normals: np.ndarray) -> Light:
     """The white light (direction, softness, ambient share) that best explains the shading inside the matte."""
+    return _fit_source(estimate_shading(image, matte), matte, normals)
+
+
+def _fit_source(shading: np.ndarray, matte: np.ndarray, normals: np.ndarray) -> Light:
+    """estimate_source_light on a shading field already computed."""
     inside = np.asarray(matte) >= MATTE_INSIDE
     # Rim pixels mix in the background and carry the least reliable normals: drop them when enough remain.
     core = cv2.erode(inside.astype(np.uint8), RIM_KERNEL, borderType=cv2.BORDER_REPLICATE) > 0
@@ -258,7 +366,7 @@ def estimate_source_light(image: np.ndarray, matte: np.ndarray, normals: np.ndar
         inside = core
     if not inside.any():
         return Light(azimuth=0.0, elevation=90.0, ambient=1.0)
-    luminance = _luminance(image)[inside]
+    luminance = shading[inside]
     stride = max(1, len(luminance) // FIT_PIXELS)
     luminance, pixel_normals = luminance[::stride], normals[inside][::stride]
     # 1. Coarse grid over the front hemisphere (plus the straight-on direction) and the softness range.
@@ -295,9 +403,17 @@ def estimate_source_light(image: np.ndarray, matte: np.ndarray, normals: np.ndar
     return Light(azimuth=float(best_az), elevation=float(best_el), ambient=ambient, softness=float(best_soft))
 
 
-def estimate_albedo(image: np.ndarray, normals: np.ndarray, source: Light) -> np.ndarray:
-    """HxWx3 linear albedo: the image divided by the source light's shading (floored, so shadows stay finite)."""
-    return _linear(image) / np.maximum(shade(normals, source), SHADING_FLOOR)
+def estimate_albedo(
+    linear: np.ndarray, matte: np.ndarray, source_shading: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(HxWx3 albedo, HxW trust in [0, 1]) of a linear image: image / shading, filled in where too dark to tell."""
+    raw = linear / np.maximum(source_shading, SHADING_FLOOR)[..., None]
+    inside = np.asarray(matte) >= MATTE_INSIDE
+    trust = np.clip((source_shading - TRUST_LOW) / (TRUST_HIGH - TRUST_LOW), 0.0, 1.0).astype(np.float32) * inside
+    if not trust.any():
+        return raw, trust
+    fill = _push_pull(raw, trust)
+    return trust[..., None] * raw + (1.0 - trust[..., None]) * fill, trust
 
 
 def _shadow_factor(inside: np.ndarray, light: Light) -> np.ndarray:
@@ -324,14 +440,24 @@ def relight_maps(
     image: np.ndarray, matte: np.ndarray, light: Light, specular_strength: float, detail: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """(gain, increment) at the image's size: relit = image * gain + increment, both HxWx3 float32 in gamma space."""
+    linear = _linear(image)
+    inside = matte >= MATTE_INSIDE
     normals = estimate_normals(matte, image, detail)
-    source = estimate_source_light(image, matte, normals)
-    # (albedo * target) ** (1/g) = image * (target / source) ** (1/g): texture never leaves the image.
-    source_shading = np.maximum(shade(normals, source)[..., :1], SHADING_FLOOR)
-    ratio = np.minimum(shade(normals, light) / source_shading, MAX_RATIO)
-    # A highlight adds light, so its gamma-space increment depends on what it lands on.
-    relit = _linear(image) * ratio
-    increment = (relit + specular(normals, light, specular_strength)) ** (1.0 / GAMMA) - relit ** (1.0 / GAMMA)
+    shading = _shading(linear, inside)
+    source = _fit_source(shading, matte, normals)
+    # The measured shading, scaled to the fitted light's units, is what the input's light really did (normals from
+    # the silhouette are only a guess); the fitted light stands in where the measurement is missing.
+    model = shade(normals, source)[..., 0]
+    scale = float((shading[inside] * model[inside]).sum()) / max(float((shading[inside] ** 2).sum()), 1e-12)
+    source_shading = np.where(inside, shading * scale, model)
+
+    albedo, trust = estimate_albedo(linear, matte, source_shading)
+    target = shade(normals, light)
+    # Texture rides on the full-resolution image through the gain; the filled-in part is smooth and added.
+    ratio = np.minimum(trust[..., None] * target / np.maximum(source_shading, SHADING_FLOOR)[..., None], MAX_RATIO)
+    textured = linear * ratio
+    relit = albedo * target + specular(normals, light, specular_strength)
+    increment = relit ** (1.0 / GAMMA) - textured ** (1.0 / GAMMA)
     return ratio ** (1.0 / GAMMA), increment * UINT8_MAX
 
 
