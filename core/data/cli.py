@@ -132,10 +132,10 @@ def run_filter(args: argparse.Namespace) -> int:
     paths = _inputs(args.images, args.out)
     _check_out(args.out)
     # 2. Scorer: CLIP when it can be had (or asked for), else the classic score with a notice.
-    scorer, folder = args.scorer, None
+    scorer = args.scorer
     if scorer in ("auto", "clip"):
         try:
-            folder = scoring.resolve_clip(args.clip_model)
+            scoring.resolve_clip(args.clip_model)  # fetched once here; each worker finds it in its own cache
             scorer = "clip"
         except WeightsNotFoundError as exc:
             if scorer == "clip":
@@ -150,7 +150,7 @@ def run_filter(args: argparse.Namespace) -> int:
     config = {
         "out": str(args.out),
         "scorer": scorer,
-        "clip_folder": folder,
+        "clip_source": args.clip_model,
         "prompts": prompts.to_dict(),
         "device": args.device,
     }

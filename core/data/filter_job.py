@@ -26,7 +26,7 @@ class FilterWorker:
     """Scores a chunk of images with the configured scorer (CLIP loaded once per process)."""
 
     def __init__(self, config: dict) -> None:
-        from core.data.filter import ClipScorer, PromptSets
+        from core.data.filter import ClipScorer, PromptSets, resolve_clip
 
         self.scorer = config["scorer"]
         self.clip = None
@@ -35,7 +35,8 @@ class FilterWorker:
             from core.models.devices import resolve_placement
 
             device = resolve_placement(config["device"]).device
-            self.clip = ClipScorer(config["clip_folder"], prompts, Path(config["out"]) / CACHE_DIR, device)
+            folder = resolve_clip(config["clip_source"])  # on a cluster, each node has its own Hub cache
+            self.clip = ClipScorer(folder, prompts, Path(config["out"]) / CACHE_DIR, device)
 
     def __call__(self, row, progress) -> dict:
         from core.data.filter import classic_score
