@@ -335,3 +335,38 @@ def test_vision_model_writes_the_instruction_with_the_template_as_fallback(chat_
     )
     rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
     assert [r["edit_prompt"] for r in rows] == ["hard cool light from above"]
+
+
+@pytest.mark.parametrize("azimuth, words", [(135.0, "from the upper left"), (0.0, "from the right")])
+def test_edit_prompt_describes_the_photos_own_light(tmp_path, azimuth, words):
+    from PIL import Image
+
+    normals = _sphere(97)
+    coords = (np.arange(97) - 48) / 48
+    inside = coords[None, :] ** 2 + coords[:, None] ** 2 < 1.0  # the ball's silhouette, its alpha
+    light = Light(azimuth=azimuth, elevation=20.0, ambient=0.1, softness=0.0, color="#ffb070")
+    linear = 0.7 * shading(normals, light)
+    rgba = np.dstack([np.rint(np.clip(linear, 0, 1) ** (1 / 2.2) * 255), inside * 255]).astype(np.uint8)
+    Image.fromarray(rgba).save(tmp_path / "ball.png")
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "data-synth",
+                "--images",
+                str(tmp_path / "ball.png"),
+                "--out",
+                str(out),
+                "--per-image",
+                "1",
+                "--matting",
+                "alpha",
+                "--normals",
+                "silhouette",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    prompt = json.loads((out / "metadata.jsonl").read_text().splitlines()[0])["edit_prompt"]
+    assert prompt.endswith(words) and "warm" in prompt and "hard" in prompt
