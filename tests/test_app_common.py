@@ -26,9 +26,10 @@ from core.models.manager import ModelManager
 from core.params import BGSource, Matting, Mode, RelightParams
 from core.recipe.sampling import StepInfo
 from core.service import Relighter
+from ui.feedback import status_line
 from ui.form import CUSTOM_LIGHT, FBC_CHOICES, FC_CHOICES, choice_after_move, params_from_values, values_from_params
 from ui.handlers import PAD_SIZE, AppHandlers
-from ui.jobs import JobDone, PreviewEngine, status_line, stream_job
+from ui.jobs import JobDone, PreviewEngine, stream_job
 from ui.page import set_lighting, set_prompt, set_subject
 from ui.settings import AppSettings, build_parser, settings_from_args
 
@@ -52,7 +53,7 @@ def test_settings_come_from_the_environment_once(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="ICLIGHT_CONCURRENCY should be an integer but is 'two'"):
         AppSettings.from_env()
     monkeypatch.setenv("ICLIGHT_CONCURRENCY", "0")
-    with pytest.raises(ValueError, match="concurrency should be an integer >= 1 but is 0"):
+    with pytest.raises(ValueError, match="ICLIGHT_CONCURRENCY should be an integer >= 1 but is 0"):
         AppSettings.from_env()
 
 

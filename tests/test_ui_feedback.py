@@ -17,9 +17,9 @@ from core.models.availability import missing_models
 from core.models.loading import Variant
 from core.models.manager import ModelManager
 from core.params import Matting, Mode
+from ui.feedback import JobTracker, planned_size, relight_button, require_models, stop_message, weights_banner
 from ui.form import CUSTOM_LIGHT, PAD_FIELDS, pad_values
 from ui.handlers import PAD_TAKES_OVER, AppHandlers
-from ui.jobs import JobTracker, planned_size, relight_button, require_models, stop_message, weights_banner
 
 FAST = {"prompt": "a ball", "steps": 2, "width": 256, "height": 256, "highres_scale": 1.0, "matting": "none"}
 NO_PROGRESS = lambda *args, **kwargs: None  # noqa: E731

@@ -8,7 +8,6 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -25,8 +24,16 @@ from core.lighting.prompt_words import replace_lighting
 from core.lighting.suggest import SOURCE_OFFLINE, SuggestConfig, suggest_lighting
 from core.models.availability import missing_models
 from core.params import MAX_SEED, BGSource, Matting, Mode, RelightParams
-from core.recipe.sampling import StepCallback, StepInfo
 from core.service import Relighter, RelightOutcome
+from ui.feedback import (
+    JobTracker,
+    relight_button,
+    require_models,
+    status_line,
+    stop_button,
+    stop_message,
+    weights_banner,
+)
 from ui.form import (
     CUSTOM_LIGHT,
     PAD_FIELDS,
@@ -38,20 +45,19 @@ from ui.form import (
     values_from_params,
 )
 from ui.jobs import (
+    Finished,
     JobDone,
-    JobTracker,
+    LiveView,
+    NormalsRun,
     PreviewEngine,
+    check_images,
     load_input,
     matte_image,
-    relight_button,
-    require_models,
-    status_line,
-    stop_message,
+    normals_work,
+    relight_work,
     stream_job,
     user_error,
-    weights_banner,
 )
-from ui.settings import gpu
 
 # Outputs of /relight and /normals, in order; the page lists its components in the same order. A normals run
 # replaces all of them, so the before/after, matte and downloads on the page always belong to the last run.
@@ -65,7 +71,6 @@ NORMAL_CAPTIONS = (
 )
 PAD_SIZE = 256  # light pad image side in pixels
 PAD_DECIMALS = 1  # a pad click is not more precise than a tenth of a degree
-LIVE_PREVIEW_INTERVAL_S = 0.5  # live previews go out at most this often; the progress bar moves every step
 PREPARING = "cutting out the subject and loading the models (slow only the first time)"
 LOAD_ERRORS = (WeightsNotFoundError, CorruptWeightsError, IncompatibleModelError)  # the status line reports these
 REMEMBERED = 256  # notices already shown and stopped jobs kept per app, oldest dropped first
@@ -74,92 +79,6 @@ PAD_TAKES_OVER = (
     "The light pad now sets the light, so the background source switched to Custom Light. "
     "Pick “Use Background Image” to light from the image again."
 )
-
-
-@gpu
-def relight_work(
-    relighter: Relighter,
-    foreground: LoadedImage,
-    params: RelightParams,
-    background: LoadedImage | None,
-    callback: StepCallback,
-    cancel: threading.Event,
-) -> RelightOutcome:
-    """One relight on the accelerator (ZeroGPU allocates it for the duration of this call)."""
-    return relighter.relight(foreground, params, background=background, callback=callback, cancel=cancel)
-
-
-@gpu
-def normals_work(
-    relighter: Relighter,
-    foreground: LoadedImage,
-    params: RelightParams,
-    background: LoadedImage | None,
-    callback: StepCallback,
-    cancel: threading.Event,
-) -> list[np.ndarray]:
-    """The four relights and the normal map of 'Compute Normal', saved like a relight's results."""
-    images, matting = relighter.normals(foreground, params, background=background, callback=callback, cancel=cancel)
-    paths = relighter.save(images, params, stem="normals") if relighter.outputs_dir is not None else []
-    return NormalsRun(images, matting.foreground, matting.matte, paths)
-
-
-@dataclass(frozen=True)
-class NormalsRun:
-    """What 'Compute Normal' produced: the 9-image gallery, the conditioning foreground, its matte, saved files."""
-
-    images: list[np.ndarray]
-    foreground: np.ndarray
-    matte: np.ndarray
-    paths: list[Any]
-
-
-@dataclass(frozen=True)
-class Finished:
-    """The end of a job stream: the parameters used, the decoded foreground and what the work returned."""
-
-    params: RelightParams
-    foreground: LoadedImage
-    result: Any
-    seconds: float
-    source: str | None = None  # the uploaded file, so a notice about it is shown once
-
-
-class LiveView:
-    """Turns step reports into progress-bar updates and throttled live previews."""
-
-    def __init__(self, progress: gr.Progress) -> None:
-        self.progress = progress
-        self.last = 0.0
-
-    def step(self, info: StepInfo) -> list[tuple[np.ndarray, str]] | None:
-        """Advance the bar; a one-image gallery of the current latents when a preview is due."""
-        desc = f"{info.stage} pass, step {info.step}/{info.stage_total}"
-        self.progress((info.overall_step, info.overall_total), desc=desc, unit="steps")
-        now = time.monotonic()
-        if info.preview is None or now - self.last < LIVE_PREVIEW_INTERVAL_S:
-            return None
-        self.last = now
-        return [(info.preview, f"live preview, {desc}")]
-
-
-@dataclass(frozen=True)
-class _Planned:
-    """The one thing the recipe's input checks ask of the models: their variant."""
-
-    variant: Any
-
-
-def check_images(variant: Any, params: RelightParams, fg: LoadedImage, bg: LoadedImage | None) -> None:
-    """The recipe's own input checks (e.g. a background where the source needs one), before any model loads."""
-    from core.recipe.pipeline import check_inputs
-
-    check_inputs(_Planned(variant), fg.rgb, params, None if bg is None else bg.rgb)
-
-
-def stop_button(armed: bool) -> dict[str, Any]:
-    """Stop looks armed (red, clickable) only while a job of this page runs."""
-    return gr.update(variant="stop" if armed else "secondary", interactive=armed)
 
 
 def pad_image(light: Light) -> np.ndarray:

@@ -5,24 +5,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import numpy as np
 
-from core.errors import CancelledError, ICLightError, WeightsNotFoundError
+from core.errors import ICLightError
 from core.imaging.inputs import LoadedImage, hide_upload_folders
 from core.lighting.lights import Light
-from core.models.availability import MissingModel, describe_missing, missing_models
-from core.models.loading import Variant
-from core.models.manager import ModelManager
-from core.params import Matting, RelightParams, Upscale
+from core.params import Matting, RelightParams
 from core.recipe.sampling import StepCallback, StepInfo
-from core.service import Relighter, as_loaded
+from core.service import Relighter, RelightOutcome, as_loaded
+from ui.settings import gpu
 
 logger = logging.getLogger(__name__)
 
@@ -102,135 +101,90 @@ def matte_image(matte: np.ndarray) -> np.ndarray:
     return np.round(np.clip(matte, 0.0, 1.0) * MATTE_MAX).astype(np.uint8)
 
 
-# -- status, weights and job tracking ----------------------------------------------------------------------------
+# -- the work behind the buttons ----------------------------------------------------------------------------------
 
-RELIGHT_LABEL = "Relight"
-DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
-STOP_WAIT_S = 60.0  # Stop waits this long for the worker to reach its next step before it answers
+LIVE_PREVIEW_INTERVAL_S = 0.5  # live previews go out at most this often; the progress bar moves every step
 
 
-def status_line(manager: ModelManager, variant: Variant, matting: str, failure: str | None = None) -> str:
-    """Markdown: one plain line ("Ready · fc · CPU bf16 · RMBG-1.4"), the full description behind "details"."""
-    missing = missing_models(manager, variant)
-    if failure:
-        state = "Load failed (see details)"
-    elif manager.is_loaded(variant):
-        state = "Loaded"
-    elif not missing:
-        state = "Ready"
-    elif all(item.downloads for item in missing):
-        state = "Ready (downloads the weights on the first relight)"
-    else:
-        state = "Weights missing"
-    placement = manager.placement
-    device = placement.device.split(":")[0].upper()
-    dtype = DTYPE_NAMES.get(str(placement.unet_dtype).removeprefix("torch."), str(placement.unet_dtype))
-    line = f"{state} · {variant.value} · {device} {dtype} · {matting}"
-    details = [manager.describe(variant)]
-    if failure:
-        details.insert(0, f"The last model load failed: {failure}")
-    if missing:
-        details.append(describe_missing(missing))
-    body = "\n\n".join(details)
-    return f"{line}\n\n<details><summary>details</summary>\n\n{body}\n\n</details>"
+@gpu
+def relight_work(
+    relighter: Relighter,
+    foreground: LoadedImage,
+    params: RelightParams,
+    background: LoadedImage | None,
+    callback: StepCallback,
+    cancel: threading.Event,
+) -> RelightOutcome:
+    """One relight on the accelerator (ZeroGPU allocates it for the duration of this call)."""
+    return relighter.relight(foreground, params, background=background, callback=callback, cancel=cancel)
 
 
-def weights_banner(missing: list[MissingModel]) -> str:
-    """Markdown listing every missing model (what, where it goes, where to get it); empty when none is."""
-    if not missing:
-        return ""
-    if all(item.downloads for item in missing):
-        head = "**The first relight downloads these models** (the light pad and its preview work meanwhile):"
-    else:
-        head = (
-            "⚠️ **Relighting needs models that are not on this machine.** Until they are in place, only the light "
-            "pad and its instant preview work. Reload the page after adding them."
-        )
-    rows = [f"- **{item.what}**: put it in `{item.where}`; get it from {item.source}" for item in missing]
-    return "\n".join([head, *rows])
+@gpu
+def normals_work(
+    relighter: Relighter,
+    foreground: LoadedImage,
+    params: RelightParams,
+    background: LoadedImage | None,
+    callback: StepCallback,
+    cancel: threading.Event,
+) -> NormalsRun:
+    """The four relights and the normal map of 'Compute Normal', saved like a relight's results."""
+    images, matting = relighter.normals(foreground, params, background=background, callback=callback, cancel=cancel)
+    paths = relighter.save(images, params, stem="normals") if relighter.outputs_dir is not None else []
+    return NormalsRun(images, matting.foreground, matting.matte, paths)
 
 
-def relight_button(missing: list[MissingModel]) -> dict[str, Any]:
-    """The Relight button's label and state: it says what it will do while models are missing."""
-    if not missing:
-        return gr.update(value=RELIGHT_LABEL, interactive=True)
-    if all(item.downloads for item in missing):
-        return gr.update(value=f"{RELIGHT_LABEL} (downloads the models first)", interactive=True)
-    return gr.update(value=f"{RELIGHT_LABEL} (models missing, see above)", interactive=False)
+@dataclass(frozen=True)
+class NormalsRun:
+    """What 'Compute Normal' produced: the 9-image gallery, the conditioning foreground, its matte, saved files."""
+
+    images: list[np.ndarray]
+    foreground: np.ndarray
+    matte: np.ndarray
+    paths: list[Any]
 
 
-def require_models(manager: ModelManager, variant: Variant) -> None:
-    """Raise WeightsNotFoundError listing every missing model that will not be downloaded."""
-    blocking = [item for item in missing_models(manager, variant) if not item.downloads]
-    if blocking:
-        raise WeightsNotFoundError(describe_missing(blocking))
+@dataclass(frozen=True)
+class Finished:
+    """The end of a job stream: the parameters used, the decoded foreground and what the work returned."""
+
+    params: RelightParams
+    foreground: LoadedImage
+    result: Any
+    seconds: float
+    source: str | None = None  # the uploaded file, so a notice about it is shown once
 
 
-@dataclass
-class JobTracker:
-    """How far one session's running job got, written by its worker thread and read by Stop."""
+class LiveView:
+    """Turns step reports into progress-bar updates and throttled live previews."""
 
-    step: int = 0  # sampling steps done, across all passes
-    total: int = 0  # sampling steps planned
-    outcome: str | None = None  # "finished", "stopped" or "failed" once the worker has ended
-    ended: threading.Event = field(default_factory=threading.Event)
+    def __init__(self, progress: gr.Progress) -> None:
+        self.progress = progress
+        self.last = 0.0
 
-    def wrap(self, work: Work) -> Work:
-        """`work` reporting its steps and its end here."""
-
-        def tracked(callback: StepCallback, cancel: threading.Event) -> Any:
-            def counting(info: StepInfo) -> None:
-                self.step, self.total = info.overall_step, info.overall_total
-                callback(info)
-
-            try:
-                result = work(counting, cancel)
-            except CancelledError:
-                self.outcome = "stopped"
-                raise
-            except BaseException:
-                self.outcome = "failed"
-                raise
-            finally:
-                self.ended.set()
-            self.outcome = "finished"
-            return result
-
-        return tracked
+    def step(self, info: StepInfo) -> list[tuple[np.ndarray, str]] | None:
+        """Advance the bar; a one-image gallery of the current latents when a preview is due."""
+        desc = f"{info.stage} pass, step {info.step}/{info.stage_total}"
+        self.progress((info.overall_step, info.overall_total), desc=desc, unit="steps")
+        now = time.monotonic()
+        if info.preview is None or now - self.last < LIVE_PREVIEW_INTERVAL_S:
+            return None
+        self.last = now
+        return [(info.preview, f"live preview, {desc}")]
 
 
-def stop_message(tracker: JobTracker | None, wait_s: float = STOP_WAIT_S) -> str | None:
-    """What Stop did, once the worker has ended (None when nothing was running)."""
-    if tracker is None:
-        return None
-    tracker.ended.wait(wait_s)
-    if tracker.outcome == "finished":
-        return None  # the job ended before Stop reached it; its results stand
-    if tracker.outcome is None:
-        return f"Stopping at step {tracker.step} of {tracker.total or '?'}; nothing will be saved."
-    if tracker.step == 0:
-        return "Stopped before the first step; nothing was saved."
-    return f"Stopped at step {tracker.step} of {tracker.total}; nothing was saved."
+@dataclass(frozen=True)
+class _Planned:
+    """The one thing the recipe's input checks ask of the models: their variant."""
+
+    variant: Any
 
 
-def planned_size(width: float, height: float, highres_scale: float, upscale: str) -> str:
-    """Markdown: the size each result will have after the high-res pass and upscaling."""
-    from core.finishing.upscale import _target_size  # the upscaler's own size rule, so the two never disagree
+def check_images(variant: Any, params: RelightParams, fg: LoadedImage, bg: LoadedImage | None) -> None:
+    """The recipe's own input checks (e.g. a background where the source needs one), before any model loads."""
+    from core.recipe.pipeline import check_inputs
 
-    try:
-        params = RelightParams(width=int(width), height=int(height), highres_scale=float(highres_scale))
-        target = Upscale(upscale)
-    except (ValueError, TypeError):
-        return ""
-    size = params.highres_size
-    steps = [f"{params.width}×{params.height} px"]
-    if size != (params.width, params.height):
-        steps.append(f"high-res ×{params.highres_scale:g}: {size[0]}×{size[1]}")
-    final = _target_size(*size, target)
-    if final is not None:
-        steps.append(f"upscale {target.value}: {final[0]}×{final[1]}")
-        size = final
-    return f"Result: **{size[0]}×{size[1]} px** ({' → '.join(steps)})"
+    check_inputs(_Planned(variant), fg.rgb, params, None if bg is None else bg.rgb)
 
 
 # -- instant preview -----------------------------------------------------------------------------------------------

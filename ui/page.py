@@ -24,6 +24,7 @@ from core.params import (
     Upscale,
 )
 from core.service import Relighter
+from ui.feedback import planned_size, stop_button
 from ui.form import (
     CHOICE_NAMES,
     INT_FIELDS,
@@ -35,8 +36,7 @@ from ui.form import (
     slider_step,
     strict_inputs,
 )
-from ui.handlers import NORMALS_OUTPUTS, RELIGHT_OUTPUTS, STOP_OUTPUTS, AppHandlers, pad_image, stop_button
-from ui.jobs import planned_size
+from ui.handlers import NORMALS_OUTPUTS, RELIGHT_OUTPUTS, STOP_OUTPUTS, AppHandlers, pad_image
 from ui.settings import AppSettings
 
 IMAGE_HEIGHT = 320  # px of the input and output image boxes
