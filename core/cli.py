@@ -120,7 +120,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports errors as one line and exit code 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {printable(message)}\n")
 
 
 # Subcommands defined next to the function they expose: each module has `register(sub)`, which adds its parser and
@@ -268,7 +268,7 @@ def _png_variant(path: Path) -> str | None:
 
     try:
         return json.loads(read_png_text(path).get(MODEL_KEY, "{}")).get("variant")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return None
 
 
@@ -282,6 +282,9 @@ def _check_out_dir(out: Path) -> None:
         raise InvalidParameterError(f"--out {out} cannot be created: {exc.strerror or exc}") from None
     if not os.access(out, os.W_OK | os.X_OK):
         raise InvalidParameterError(f"--out {out} is not writable; give a folder you can write to")
+    from core.imaging.outputs import remove_stale_temps
+
+    remove_stale_temps(out)  # half-written results of a run that was killed
 
 
 def run_relight(args: argparse.Namespace) -> int:
@@ -322,9 +325,9 @@ def run_relight(args: argparse.Namespace) -> int:
             close()
         paths, notices = outcome.paths, outcome.notices
     for notice in notices:
-        print(f"note: {notice}", file=sys.stderr)
+        print(f"note: {printable(notice)}", file=sys.stderr)
     for path in paths:
-        print(path)
+        print(printable(str(path)))
     return 0
 
 
@@ -339,7 +342,7 @@ def run_suggest(args: argparse.Namespace) -> int:
     matte = image.alpha if image.has_meaningful_alpha else None  # an opaque alpha says nothing about shape
     result = suggest_lighting(image.rgb, mood=args.mood, matte=matte)
     if result.notice:
-        print(f"note: {result.notice}", file=sys.stderr)
+        print(f"note: {printable(result.notice)}", file=sys.stderr)
     print(result_to_json(result))
     return 0
 
@@ -355,15 +358,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except InvalidParameterError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except ICLightError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
     except OSError as exc:  # a full disk or a folder taken away mid-run: say which, without a traceback
         where = f" ({exc.filename})" if exc.filename else ""
-        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        print(f"error: {printable(f'{exc.strerror or exc}{where}')}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def printable(text: str) -> str:
+    """`text` with control characters escaped (\\x1b, \\n), so a file name cannot drive the terminal."""
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in text)
 
 
 def _silence_library_bars() -> None:

@@ -14,11 +14,15 @@ from core.errors import InvalidParameterError
 from core.lighting.lights import FULL_TURN, MAX_ELEVATION, MAX_INTENSITY, Light
 from core.models.lora import LoraSpec, coerce_loras
 from core.recipe.fast import FastMode, fast_defaults
-from core.schema import Spec, check_value, from_known_fields, param, specs
+from core.schema import Spec, check_value, clean_text, from_known_fields, param, specs
 
 MAX_SEED = 2**32 - 1
 MIN_SIDE, MAX_SIDE = 64, 2048
 VAE_SCALE = 8  # pixels per latent cell
+# Longest prompt (and added / negative prompt) accepted. CLIP reads 75-token chunks and the recipe encodes every
+# chunk, so cost grows with length: 4,000 characters are about 1,000 tokens (about 14 chunks), several times any
+# descriptive prompt, while a 480 KB prompt held the only worker for 50 s.
+MAX_PROMPT_CHARS = 4_000
 
 
 class Mode(str, Enum):
@@ -118,14 +122,17 @@ class RelightParams:
         help="subject and lighting, e.g. 'beautiful woman, sunset over sea'; encoded in 75-token chunks, never cut",
         label="Prompt",
         metavar="TEXT",
+        max_length=MAX_PROMPT_CHARS,
         default_text="required unless --from-png",
     )
     added_prompt: str = param(
-        DEFAULT_ADDED_PROMPT, help="appended to the prompt as ', <added>'", label="Added prompt", metavar="TEXT"
-    )
+        DEFAULT_ADDED_PROMPT, help="appended to the prompt as ', <added>'", label="Added prompt", metavar="TEXT",
+        max_length=MAX_PROMPT_CHARS,
+    )  # fmt: skip
     negative_prompt: str = param(
-        DEFAULT_NEGATIVE_PROMPT, help="what the images should not show", label="Negative prompt", metavar="TEXT"
-    )
+        DEFAULT_NEGATIVE_PROMPT, help="what the images should not show", label="Negative prompt", metavar="TEXT",
+        max_length=MAX_PROMPT_CHARS,
+    )  # fmt: skip
     width: int = param(
         512, help="low-res pass width in px", label="Width", metavar="PX", low=MIN_SIDE, high=MAX_SIDE,
         multiple_of=VAE_SCALE, slider=(256, 1024, 64),
@@ -210,6 +217,8 @@ class RelightParams:
             value = getattr(self, name)
             if issubclass(kind, Enum) and not isinstance(value, kind):
                 object.__setattr__(self, name, coerce_enum(kind, value, name))
+            elif kind is str and isinstance(value, str):
+                object.__setattr__(self, name, clean_text(value))  # never to the model or the metadata
         object.__setattr__(self, "loras", coerce_loras(self.loras))
         self.validate()
 

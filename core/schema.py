@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import MISSING, dataclass
 from typing import Any
 
@@ -67,7 +68,7 @@ def specs(cls: type) -> dict[str, Spec]:
 def from_known_fields(cls: type, data: Any, what: str) -> Any:
     """`cls(**data)`; a key that is not a field of `cls` is an error, so a typo never passes silently."""
     if not isinstance(data, dict):
-        raise InvalidParameterError(f"{what} should be a mapping of field names to values but is {_short(data)}")
+        raise InvalidParameterError(f"{what} should be a mapping of field names to values but is {short_repr(data)}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(str(key) for key in set(data) - names)
     if unknown:
@@ -79,22 +80,25 @@ def check_value(name: str, value: Any, kind: type, spec: Spec) -> None:
     """Raise InvalidParameterError naming `name`, the bad value and what is allowed, unless `value` fits."""
     if kind is bool:
         if not isinstance(value, bool):
-            raise InvalidParameterError(f"{name} should be true or false but is {_short(value)}")
+            raise InvalidParameterError(f"{name} should be true or false but is {short_repr(value)}")
+    elif kind is dict:
+        if not isinstance(value, dict):
+            raise InvalidParameterError(f"{name} should be a mapping but is {short_repr(value)}")
     elif kind is str:
         if not isinstance(value, str):
-            raise InvalidParameterError(f"{name} should be a string but is {_short(value)}")
+            raise InvalidParameterError(f"{name} should be a string but is {short_repr(value)}")
         if spec.max_length is not None and len(value) > spec.max_length:
             raise InvalidParameterError(
                 f"{name} should be at most {spec.max_length:,} characters but is {len(value):,} characters long"
             )
     elif kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise InvalidParameterError(f"{name} should be an integer but is {_short(value)}")
+            raise InvalidParameterError(f"{name} should be an integer but is {short_repr(value)}")
         if not _in_range(value, spec) or (spec.multiple_of and value % spec.multiple_of):
-            raise InvalidParameterError(f"{name} should be {_allowed(spec)} but is {_short(value)}")
+            raise InvalidParameterError(f"{name} should be {_allowed(spec)} but is {short_repr(value)}")
     elif kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not _in_range(value, spec):
-            raise InvalidParameterError(f"{name} should be {_allowed(spec)} but is {_short(value)}")
+            raise InvalidParameterError(f"{name} should be {_allowed(spec)} but is {short_repr(value)}")
 
 
 def _allowed(spec: Spec) -> str:
@@ -110,10 +114,21 @@ def _in_range(value: float, spec: Spec) -> bool:
     return spec.high is None or value <= spec.high
 
 
+# Control characters (C0, DEL, C1) in prompts would reach the tokenizer and the PNG metadata; line breaks and tabs
+# become spaces, the rest go.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_BREAKS = re.compile(r"[\t\n\r]")
+
+
+def clean_text(text: str) -> str:
+    """`text` without control characters (line breaks and tabs become spaces)."""
+    return _CONTROL.sub("", _BREAKS.sub(" ", text))
+
+
 MAX_SHOWN = 60  # a bad value longer than this is shown shortened, so one message stays one readable line
 
 
-def _short(value: Any) -> str:
+def short_repr(value: Any) -> str:
     """repr(value), shortened in the middle when long (a 5,000-digit seed is not a message)."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4 * MAX_SHOWN:
         return f"an integer of about {int(value.bit_length() * math.log10(2)):,} digits"

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import InvalidParameterError
+from core.errors import ICLightError, InvalidParameterError
 from core.finishing.matting import NORMAL_SIGMA, Matter, MattingResult
 from core.imaging.inputs import LoadedImage, load_image
+from core.imaging.outputs import outputs_problem
 from core.lighting.lights import Light
 from core.models.devices import explain_out_of_memory
 from core.models.loading import Variant
@@ -127,6 +128,8 @@ class Relighter:
         fg = as_loaded(foreground, "foreground", required=True)
         bg = as_loaded(background, "background")
         lmap = as_loaded(light_map, "light map")
+        if save and (problem := outputs_problem(self.outputs_dir)):
+            raise ICLightError(f"{problem}; nothing was run (free space or fix the folder's permissions)")
         # 2. Foreground extraction
         matting = self.extract(fg, params)
         notices = [matting.notice] if matting.notice else []
@@ -150,9 +153,12 @@ class Relighter:
         # 4. Finishing
         images = [self.finish(image, fg.rgb, matting.matte, params, notices) for image in result.images]
         outcome = RelightOutcome(images, matting.foreground, matting.matte, params, notices=notices)
-        # 5. Saving
+        # 5. Saving: a disk that fills up during the run still leaves the user the images
         if save and self.outputs_dir is not None:
-            outcome.paths = self.save(images, params)
+            try:
+                outcome.paths = self.save(images, params)
+            except OSError as error:
+                notices.append(f"the results could not be saved ({error.strerror or error}); download them here")
         outcome.seconds = time.perf_counter() - started
         return outcome
 
@@ -177,14 +183,18 @@ class Relighter:
         self, images: list[np.ndarray], params: RelightParams, stem: str = "iclight", with_model: bool = True
     ) -> list[Path]:
         """Write each image as a PNG with its parameters (and the model that made it); never overwrites."""
-        from core.imaging.outputs import MODEL_KEY, save_result
+        from core.imaging.outputs import MODEL_KEY, public_model_name, save_result
 
         assert self.outputs_dir is not None
         name, extra = f"{stem}_{params.mode.value}", {}
         if with_model:
             variant = self.variant_for(params.mode)
             placement = self.manager.placement.describe()
-            model = {"variant": variant.value, "base_model": self.manager.settings.base_model, "placement": placement}
+            model = {
+                "variant": variant.value,
+                "base_model": public_model_name(self.manager.settings.base_model),
+                "placement": placement,
+            }
             name, extra = f"{stem}_{variant.value}", {MODEL_KEY: json.dumps(model)}
         return [save_result(image, params, self.outputs_dir, stem=name, extra_text=extra) for image in images]
 

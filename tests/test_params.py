@@ -121,7 +121,7 @@ def test_cli_flags_and_help_come_from_the_specs():
         assert flag.option in help_text
     assert "--width PX low-res pass width in px (a multiple of 8 in [64, 2048]; default 512)" in help_text
     assert "([1, 100]; default fc 25, fbc 20)" in help_text
-    assert "(default best quality)" in help_text
+    assert "(at most 4,000 characters; default best quality)" in help_text
 
 
 def test_form_sliders_stay_inside_the_valid_ranges():

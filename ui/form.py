@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import math
+import re
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from core.errors import InvalidParameterError
 from core.lighting.lights import Light
 from core.params import LIGHT_CONTROLS, PARAM_SPECS, BGSource, LightDirection, Mode, RelightParams, field_kinds
-from core.schema import Spec
+from core.schema import Spec, check_value, short_repr
 
 logger = logging.getLogger(__name__)
 
@@ -149,3 +152,76 @@ def slider_step(name: str) -> float:
     slider = field_spec(name).slider
     assert slider is not None, f"{name} has no slider"
     return slider[2]
+
+
+# -- strict API values ----------------------------------------------------------------------------------------------
+
+HEX_COLOR = re.compile(r"#[0-9a-fA-F]{6}")
+
+
+def strict_inputs(mode: Mode, components: Mapping[str, Any]) -> None:
+    """Check each API value's type and range before Gradio converts it, with a message naming the field.
+
+    Left alone, Gradio rounds 1.5 to 2 for an integer slider, passes "false" to a checkbox handler (where it is
+    true), takes any text as a colour and reports a wrong type as a bare error.
+    """
+    import gradio as gr
+
+    for name, component in components.items():
+        check = _value_check(mode, name, component, gr)
+        if check is None:
+            continue
+        stock = component.preprocess
+
+        def preprocess(payload: Any, stock=stock, check=check) -> Any:
+            """The stock preprocessing of a value that passed `check`."""
+            try:
+                check(payload)
+            except InvalidParameterError as exc:
+                raise gr.Error(str(exc), title="Please check the inputs") from None
+            return stock(payload)
+
+        component.preprocess = preprocess
+
+
+def _value_check(mode: Mode, name: str, component: Any, gr: Any) -> Callable[[Any], None] | None:
+    """A function raising InvalidParameterError for a bad value of `component`, or None to leave it as it is."""
+    if isinstance(component, gr.Checkbox):
+        return partial(check_value, name, kind=bool, spec=Spec(help=""))
+    if isinstance(component, (gr.Slider, gr.Number)):
+        integer = name in INT_FIELDS or getattr(component, "precision", None) == 0
+        low, high = component.minimum, component.maximum
+        return partial(_check_number, name, integer=integer, low=low, high=high)
+    if isinstance(component, gr.ColorPicker):
+        return partial(_check_color, name)
+    if isinstance(component, gr.Textbox):
+        return partial(check_value, name, kind=str, spec=PARAM_SPECS[name] if name in PARAM_SPECS else Spec(help=""))
+    if isinstance(component, (gr.Dropdown, gr.Radio)):
+        return partial(_check_choice, name, tuple(value for _, value in component.choices))
+    return None
+
+
+def _check_number(name: str, value: Any, integer: bool, low: float | None, high: float | None) -> None:
+    what = "an integer" if integer else "a number"
+    where = f" in [{_number(low)}, {_number(high)}]" if low is not None and high is not None else ""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    whole = number and (isinstance(value, int) or (math.isfinite(value) and float(value).is_integer()))
+    in_range = number and value == value and (low is None or value >= low) and (high is None or value <= high)
+    if not number or (integer and not whole) or not in_range:
+        raise InvalidParameterError(f"{name} should be {what}{where} but is {short_repr(value)}")
+
+
+def _number(value: float) -> str:
+    """A bound as people write it: 4294967295, 1024, 0.1."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _check_color(name: str, value: Any) -> None:
+    if not isinstance(value, str) or not HEX_COLOR.fullmatch(value):
+        raise InvalidParameterError(f"{name} should be a colour as #rrggbb (e.g. #ffb070) but is {short_repr(value)}")
+
+
+def _check_choice(name: str, choices: tuple[Any, ...], value: Any) -> None:
+    if isinstance(value, (list, dict)) or value not in choices:
+        shown = ", ".join(repr(choice) for choice in choices)
+        raise InvalidParameterError(f"{name} should be one of {shown} but is {short_repr(value)}")

@@ -16,6 +16,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES_DIR = PROJECT_ROOT / "db_examples"
 QUEUE_SIZE_ENV, CONCURRENCY_ENV, OUTPUTS_DIR_ENV = "ICLIGHT_QUEUE_SIZE", "ICLIGHT_CONCURRENCY", "ICLIGHT_OUTPUTS_DIR"
 PORT_ENV = "GRADIO_SERVER_PORT"
+MAX_PORT = 65535
+EXIT_USAGE = 2  # bad settings, as the CLI
 DEFAULT_QUEUE_SIZE = 20  # jobs waiting beyond this are refused with "queue full" instead of piling up
 DEFAULT_CONCURRENCY = 1  # sampling jobs running at once per GPU
 DEFAULT_OUTPUTS_DIR = PROJECT_ROOT / "outputs"
@@ -50,24 +52,29 @@ class AppSettings:
         values: dict[str, Any] = {
             "model": model or ModelSettings.from_env(),
             "outputs_dir": Path(outputs).expanduser() if outputs else DEFAULT_OUTPUTS_DIR,
-            "queue_size": _env_int(QUEUE_SIZE_ENV, DEFAULT_QUEUE_SIZE),
-            "concurrency": _env_int(CONCURRENCY_ENV, DEFAULT_CONCURRENCY),
-            "port": _parse_int(PORT_ENV, port) if port else None,
+            "queue_size": _env_int(QUEUE_SIZE_ENV, DEFAULT_QUEUE_SIZE, low=1),
+            "concurrency": _env_int(CONCURRENCY_ENV, DEFAULT_CONCURRENCY, low=1),
+            "port": _parse_int(PORT_ENV, port, low=1, high=MAX_PORT) if port else None,
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)
 
 
-def _parse_int(name: str, text: str) -> int:
+def _parse_int(name: str, text: str, low: int | None = None, high: int | None = None) -> int:
+    """`text` as an integer in [low, high], or ValueError naming the variable and the bad text."""
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        raise ValueError(f"{name} should be an integer but is {text!r}") from None
+        raise ValueError(f"{name} should be an integer but is {text[:40]!r}") from None
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} should be an integer {bounds} but is {value}")
+    return value
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_int(name: str, default: int, low: int | None = None) -> int:
     text = os.environ.get(name, "").strip()
-    return _parse_int(name, text) if text else default
+    return _parse_int(name, text, low=low) if text else default
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:
@@ -118,11 +125,22 @@ def main(create_demo: Callable[..., Any], description: str, argv: Sequence[str] 
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request is noise for app users
-    settings = settings_from_args(build_parser(description).parse_args(argv))
+    parser = build_parser(description)
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ValueError as exc:  # a bad ICLIGHT_* / GRADIO_SERVER_PORT value or flag: one line, no traceback
+        parser.exit(EXIT_USAGE, f"error: {exc}\n")
+    if settings.port is not None and not 1 <= settings.port <= MAX_PORT:
+        parser.exit(EXIT_USAGE, f"error: --port should be between 1 and {MAX_PORT} but is {settings.port}\n")
     demo = create_demo(settings=settings)
-    demo.launch(
-        server_name=settings.server_name,
-        server_port=settings.port,
-        share=settings.share,
-        allowed_paths=allowed_paths(settings),
-    )
+    try:
+        demo.launch(
+            server_name=settings.server_name,
+            server_port=settings.port,
+            share=settings.share,
+            allowed_paths=allowed_paths(settings),
+        )
+    except OSError as exc:  # the port is taken, or the address is not this machine's
+        where = f"{settings.server_name or '127.0.0.1'}:{settings.port or PORT_ENV}"
+        parser.exit(EXIT_USAGE, f"error: cannot serve on {where}: {str(exc).splitlines()[0]}\n")

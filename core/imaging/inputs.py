@@ -111,10 +111,10 @@ def load_image(source: Source, limits: ImageLimits | None = None, name: str | No
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
         label = name or path.name or str(path)
-        if not path.exists():
-            raise InvalidParameterError(f"{path} does not exist")
+        if not path.exists():  # named, not shown with its folder: an upload's is the server's temp space
+            raise InvalidParameterError(f"{label} does not exist")
         if not path.is_file():
-            raise InvalidParameterError(f"{path} is not a file")
+            raise InvalidParameterError(f"{label} is not a file")
         _check_upload_size(label, path.stat().st_size, limits)
         data = path.read_bytes()
     else:
@@ -309,3 +309,14 @@ def _parse_env_pixels(text: str) -> int:
     if compact.endswith("MP"):
         return int(_parse_env_number(MAX_PIXELS_ENV, compact.removesuffix("MP")) * PIXELS_PER_MP)
     return int(_parse_env_number(MAX_PIXELS_ENV, text))
+
+
+def hide_upload_folders(text: str) -> str:
+    """`text` with each path inside the server's upload folder cut down to the file's name."""
+    import tempfile
+
+    roots = {os.environ.get("GRADIO_TEMP_DIR", ""), os.path.join(tempfile.gettempdir(), "gradio")}
+    for root in sorted(filter(None, roots), key=len, reverse=True):
+        folder = re.escape(os.path.realpath(root)) + "|" + re.escape(root)
+        text = re.sub(rf"(?:{folder})[\\/](?:[^\s'\"\\/]+[\\/])*([^\s'\"\\/]+)", r"\1", text)
+    return text

@@ -34,6 +34,10 @@ SECRET_NAME = re.compile(r"api[_-]?key|token|secret|passw(?:or)?d|authorization|
 # Credential-shaped strings (OpenAI, Hugging Face, GitHub, Google) wherever they appear.
 SECRET_VALUE = re.compile(r"\b(?:sk-[A-Za-z0-9_-]{16,}|hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|AIza[\w-]{30,})")
 MIN_ENV_SECRET_LEN = 8  # shorter environment values are too likely to be ordinary words to redact by substring
+MAX_TEXT_MB = 1  # Pillow refuses a text chunk that decompresses beyond this (PngImagePlugin.MAX_TEXT_CHUNK)
+TEMP_SUFFIX = ".png.tmp"
+STALE_TEMP_S = 3600  # a temp file this old is left over whatever process wrote it (writing one takes seconds)
+_TEMP_PATTERN = re.compile(r"\.[A-Za-z0-9][A-Za-z0-9._-]*\.(\d+)\.[^/]*" + re.escape(TEMP_SUFFIX))
 
 
 def save_result(
@@ -69,7 +73,9 @@ def save_result(
     # 3. Encode into a hidden temporary file next to the target, so the rename/link stays on one file system
     outputs_dir = Path(outputs_dir)
     outputs_dir.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=outputs_dir, prefix=f".{stem}.", suffix=".png.tmp")
+    remove_stale_temps(outputs_dir)
+    # The writer's process id is in the name, so a later run can tell a killed writer's leftover from a live one.
+    handle, temp_name = tempfile.mkstemp(dir=outputs_dir, prefix=f".{stem}.{os.getpid()}.", suffix=TEMP_SUFFIX)
     temp = Path(temp_name)
     try:
         with os.fdopen(handle, "wb") as file:
@@ -81,6 +87,66 @@ def save_result(
         return _publish(temp, outputs_dir, stem)
     finally:
         temp.unlink(missing_ok=True)
+
+
+def remove_stale_temps(outputs_dir: Path) -> list[Path]:
+    """Delete the half-written `.png.tmp` files a killed run left in `outputs_dir`; return what was removed."""
+    import time
+
+    removed = []
+    now = time.time()
+    try:
+        entries = list(os.scandir(outputs_dir))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_PATTERN.fullmatch(entry.name)
+        if match is None or not entry.is_file(follow_symlinks=False):
+            continue
+        pid = int(match.group(1))
+        try:
+            old = now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_S
+        except OSError:
+            continue
+        if pid != os.getpid() and (old or not _process_alive(pid)):
+            Path(entry.path).unlink(missing_ok=True)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (a temp from another machine ages out instead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
+
+
+def public_model_name(base_model: str) -> str:
+    """How results record the base model: a Hub id as is, a local file or folder by its name only."""
+    path = Path(base_model).expanduser()
+    if path.is_absolute() or path.exists() or base_model.startswith((".", "~")):
+        return path.name or base_model
+    return base_model
+
+
+def outputs_problem(outputs_dir: Path | None) -> str | None:
+    """Why results cannot be saved in `outputs_dir` (None when they can): a real write is tried, not guessed."""
+    if outputs_dir is None:
+        return None
+    folder = Path(outputs_dir)
+    if folder.exists() and not folder.is_dir():
+        return f"the outputs folder '{folder.name}' is a file, not a folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder, prefix=".write-check."):
+            pass
+    except OSError as error:
+        return f"the outputs folder '{folder.name}' is not writable ({error.strerror or type(error).__name__})"
+    return None
 
 
 def read_params(path_or_image: str | os.PathLike[str] | bytes | Image.Image) -> RelightParams:
@@ -97,6 +163,11 @@ def read_params(path_or_image: str | os.PathLike[str] | bytes | Image.Image) -> 
         data = json.loads(raw)
     except json.JSONDecodeError as error:
         raise InvalidParameterError(f"{name} has damaged IC-Light metadata ({error}): {raw[:80]!r}") from None
+    except RecursionError:
+        raise InvalidParameterError(f"{name} has IC-Light metadata nested too deeply to be settings") from None
+    except ValueError as error:  # e.g. an integer of more digits than Python converts
+        reason = str(error).split(";")[0]
+        raise InvalidParameterError(f"{name} has IC-Light metadata that cannot be read ({reason})") from None
     if not isinstance(data, dict):
         raise InvalidParameterError(f"{name} has IC-Light metadata that is not a JSON object: {raw[:80]!r}")
     return RelightParams.from_dict(data)
@@ -121,8 +192,17 @@ def read_png_text(path_or_image: str | os.PathLike[str] | bytes | Image.Image) -
             return _text_of(pil)
     except FileNotFoundError:
         raise InvalidParameterError(f"{name} does not exist") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise InvalidParameterError(f"{name} is not a readable image ({error})") from None
+    except UnidentifiedImageError:
+        raise InvalidParameterError(f"{name} is not a readable image") from None
+    except ValueError as error:  # Pillow's decompression-bomb guard on text chunks
+        if "too large" not in str(error).lower():
+            raise
+        raise InvalidParameterError(
+            f"{name} has a PNG text chunk larger than {MAX_TEXT_MB} MB when decompressed; not reading it"
+        ) from None
+    except (OSError, SyntaxError) as error:
+        reason = str(error).replace(os.fspath(source), name) if isinstance(source, (str, os.PathLike)) else error
+        raise InvalidParameterError(f"{name} is not a readable image ({reason})") from None
 
 
 def parameters_text(params: RelightParams, width: int | None = None, height: int | None = None) -> str:
@@ -230,8 +310,9 @@ def _text_of(pil: Image.Image) -> dict[str, str]:
 
 
 def _describe_source(source: Any) -> str:
+    """The file's name (never its folder: an upload's lies in the server's temp space)."""
     if isinstance(source, (str, os.PathLike)):
-        return f"'{os.fspath(source)}'"
+        return repr(Path(source).name or os.fspath(source))
     if isinstance(source, (bytes, bytearray)):
         return f"the uploaded image ({len(source)} bytes)"
     filename = getattr(source, "filename", "")

@@ -111,7 +111,7 @@ def parse_hex_color(color: str) -> tuple[int, int, int]:
     if len(text) == 3:
         text = "".join(c * 2 for c in text)
     try:
-        if len(text) != 6:
+        if len(text) != 6 or text.strip("0123456789abcdefABCDEF"):  # int(..., 16) would take '-f' and ' f'
             raise ValueError
         return int(text[0:2], 16), int(text[2:4], 16), int(text[4:6], 16)
     except ValueError:
