@@ -14,57 +14,15 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from train_testing import ROOT, final_weights, log_of, train_args, write_dataset
 
 from core.cli import main
 from core.models.loading import Variant
-
-ROOT = Path(__file__).resolve().parent.parent
-SIZE = 32  # training resolution: 4x4 latents, enough for the tiny UNet's one downsampling
-SHIFT = 80  # the learnable edit: red channel + 80
-
-
-def write_dataset(folder: Path, rows: int = 8, seed: int = 0, columns: tuple[str, ...] | None = None) -> Path:
-    """An imagefolder of coloured squares on grey; the edit adds a red shift (what data-synth writes, smaller)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    lines = []
-    for i in range(rows):
-        image = np.full((40, 40, 3), 127, np.uint8)
-        x, y = rng.integers(2, 18, 2)
-        image[y : y + 20, x : x + 20] = rng.integers(30, 200, 3)
-        edited = image.copy()
-        edited[..., 0] = np.clip(edited[..., 0].astype(int) + SHIFT, 0, 255)
-        Image.fromarray(image).save(folder / f"in_{i}.png")
-        Image.fromarray(edited).save(folder / f"out_{i}.png")
-        row = {
-            "input_image_file_name": f"in_{i}.png",
-            "edit_prompt": "warm light",
-            "edited_image_file_name": f"out_{i}.png",
-        }
-        if columns is not None:
-            row = {k: v for k, v in row.items() if k.removesuffix("_file_name") in columns}
-        lines.append(json.dumps(row))
-    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
-    return folder
 
 
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("triplets") / "data")
-
-
-def train_args(data: Path, out: Path, base: Path, *extra: str, steps: int = 4) -> list[str]:
-    return ["train", "--data", str(data), "--out", str(out), "--base-model", str(base), "--resolution", str(SIZE),
-            "--max-steps", str(steps), "--lr", "1e-3", "--seed", "3", "--offline", "--quiet", *extra]  # fmt: skip
-
-
-def log_of(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-
-
-def final_weights(out: Path) -> dict[str, torch.Tensor]:
-    newest = sorted((out / "checkpoints").iterdir())[-1]
-    return load_file(str(newest / "model.safetensors"))
 
 
 def test_loss_falls_on_a_learnable_dataset(tmp_path, dataset, tiny_paths):
@@ -165,27 +123,6 @@ def test_lora_export_is_a_merged_offset_on_attention_and_conv_in_only(tmp_path, 
     assert changed - attention <= {"conv_in.weight", "conv_in.bias"}
 
 
-def test_ip2p_trains_exports_a_folder_and_edit_runs_it(tmp_path, dataset, tiny_paths):
-    from core.imaging.outputs import read_params
-
-    out = tmp_path / "run"
-    assert main(train_args(dataset, out, tiny_paths["base"], "--kind", "ip2p", "--conditioning-dropout", "0.2")) == 0
-    assert (out / "model" / "model_index.json").is_file()
-    assert json.loads((out / "model" / "unet" / "config.json").read_text())["in_channels"] == 8
-    image = tmp_path / "photo.png"
-    Image.fromarray(np.random.default_rng(2).integers(0, 255, (64, 72, 3), dtype=np.uint8)).save(image)
-    results = tmp_path / "edits"
-    args = ["edit", "--model", str(out), "--image", str(image), "--instruction", "make it warm", "--steps", "2",
-            "--out", str(results), "--quiet"]  # fmt: skip
-    assert main(args) == 0 and main(args) == 0
-    files = sorted(results.glob("*.png"))
-    assert [f.name for f in files] == ["edit_00001.png", "edit_00002.png"]  # never overwritten
-    params = read_params(files[0])
-    assert params.prompt == "make it warm" and params.extra["engine"] == "edit"
-    assert params.extra["image_guidance"] == 1.5 and (params.width, params.height) == (72, 64)
-    assert np.array_equal(np.asarray(Image.open(files[0])), np.asarray(Image.open(files[1])))  # same seed
-
-
 def test_validation_images_are_written(tmp_path, dataset, tiny_paths):
     out = tmp_path / "run"
     args = train_args(dataset, out, tiny_paths["base"], "--validate-every", "2", "--validation-image",
@@ -199,7 +136,7 @@ def test_validation_images_are_written(tmp_path, dataset, tiny_paths):
 def test_two_processes_under_accelerate_launch_match_one_process(tmp_path, dataset, tiny_paths):
     """Real data parallelism: two gloo processes with batch 1 each = one process with batch 2."""
     single, double = tmp_path / "single", tmp_path / "double"
-    common = ("--grad-accum", "2", "--init", "base", "--checkpoint-every", "100")
+    common = ("--grad-accum", "2", "--init", "base", "--checkpoint-every", "1", "--keep-checkpoints", "3")
     assert main(train_args(dataset, single, tiny_paths["base"], "--batch-size", "2", *common, steps=3)) == 0
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     # accelerate starts torchrun workers for --multi_gpu; without a GPU our Accelerator joins them over gloo on CPU.
@@ -207,14 +144,19 @@ def test_two_processes_under_accelerate_launch_match_one_process(tmp_path, datas
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
                "29517", "-m", "core", *train_args(dataset, double, tiny_paths["base"], "--batch-size", "1", *common,
                                                    steps=3)]  # fmt: skip
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((double / "train_config.json").read_text())["num_processes"] == 2
     for a, b in zip(log_of(single), log_of(double), strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    # Adam moves every weight by about the learning rate whatever its gradient's size, so a gradient that is zero up
+    # to rounding can move either way: compare the runs' difference with what training changed (steps 1 to 3).
+    first = load_file(str(single / "checkpoints" / "checkpoint-000001" / "trainable.safetensors"))
     left, right = final_weights(single), final_weights(double)
-    for key in left:
-        torch.testing.assert_close(left[key], right[key], rtol=1e-4, atol=1e-5)
+    assert set(left) == set(right)
+    moved = torch.cat([(left[k] - first[k]).flatten() for k in left]).norm()
+    apart = torch.cat([(left[k] - right[k]).flatten() for k in left]).norm()
+    assert moved > 0 and apart < 1e-2 * moved, (float(apart), float(moved))
 
 
 # -- errors, all before the first step ---------------------------------------------------------------------------
@@ -292,3 +234,23 @@ def test_out_of_memory_names_the_knobs(tmp_path, dataset, tiny_paths, capsys, mo
     assert code == 1
     for knob in ("--batch-size", "--gradient-checkpointing", "--lora-rank", "--mixed-precision"):
         assert knob in err
+
+
+def test_data_filter_then_synth_then_train_then_relight(tmp_path, tiny_paths):
+    """The whole training pipeline on tiny models: pick photos, synthesise triplets, train, relight with the result."""
+    from data_models import write_photos
+
+    write_photos(tmp_path / "photos")
+    filtered, triplets, run = tmp_path / "filtered", tmp_path / "triplets", tmp_path / "run"
+    assert main(["data-filter", "--images", str(tmp_path / "photos"), "--out", str(filtered), "--scorer", "classic",
+                 "--keep", "2", "--quiet"]) == 0  # fmt: skip
+    assert main(["data-synth", "--images", str(filtered / "kept.txt"), "--out", str(triplets), "--per-image", "1",
+                 "--matting", "grabcut", "--normals", "silhouette", "--models-dir", str(tmp_path / "no-models"),
+                 "--quiet"]) == 0  # fmt: skip
+    assert main(train_args(triplets, run, tiny_paths["base"], "--init", "base", "--batch-size", "2", steps=2)) == 0
+    assert [row["step"] for row in log_of(run)] == [1, 2]
+    code = main(["relight", "--fg", str(tmp_path / "photos" / "coffee.png"), "--out", str(tmp_path / "relit"),
+                 "--prompt", "soft light", "--base-model", str(tiny_paths["base"]), "--models-dir", str(run),
+                 "--width", "64", "--height", "64", "--steps", "2", "--highres-scale", "1", "--matting", "none",
+                 "--device", "cpu", "--dtype", "float32", "--offline", "--quiet"])  # fmt: skip
+    assert code == 0 and len(list((tmp_path / "relit").glob("*.png"))) == 1

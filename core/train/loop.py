@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 LATENT_SCALE = 8  # pixels per latent cell
 SEED_STRIDE = 1_000_003  # separates the random streams of different seeds
 BYTES_PER_MB = 1024 * 1024
+TRAINABLE_FILE = "trainable.safetensors"  # in a checkpoint: the trained parameters only (LoRA: a few MB)
 OOM_HINT = (
     "lower --batch-size (raise --grad-accum to keep the global batch), add --gradient-checkpointing, train LoRA "
     "(--lora-rank 16), use --mixed-precision bf16 (or fp16), or lower --resolution"
@@ -103,6 +104,9 @@ def train(config: TrainConfig, echo: Callable[[str], None] | None = None, progre
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, collate_fn=train_data.collate,
                         num_workers=config.workers)  # fmt: skip
     model, optimizer, loader, lr_scheduler = accelerator.prepare(model, optimizer, loader, lr_scheduler)
+    _checkpoint_trained_parameters_only(accelerator)
+    if ema is not None:
+        ema.to(accelerator.device)
     if start is not None:
         accelerator.load_state(str(start.path))
         if main:
@@ -253,6 +257,35 @@ def _save_checkpoint(accelerator, config: TrainConfig, step: int, position: int)
     if accelerator.is_main_process:
         run_dir.finish_checkpoint(config.out, step, position, config.keep_checkpoints)
     accelerator.wait_for_everyone()
+
+
+def _checkpoint_trained_parameters_only(accelerator) -> None:
+    """Checkpoints hold the parameters being trained, not the frozen rest (a LoRA checkpoint is MBs, not GBs)."""
+    from safetensors.torch import load_file, save_file
+
+    def save(models, weights, output_dir) -> None:
+        weights.clear()  # only the main process fills it; our file replaces accelerate's model file
+        if accelerator.is_main_process:
+            model = accelerator.unwrap_model(models[0])
+            state = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+            save_file(state, str(Path(output_dir) / TRAINABLE_FILE))
+
+    def load(models, input_dir) -> None:
+        model = accelerator.unwrap_model(models.pop())
+        path = Path(input_dir) / TRAINABLE_FILE
+        if not path.is_file():
+            raise InvalidParameterError(f"{input_dir} is not a checkpoint of this trainer (no {TRAINABLE_FILE})")
+        state = load_file(str(path), device=str(accelerator.device))
+        expected = {n for n, p in model.named_parameters() if p.requires_grad}
+        if set(state) != expected:
+            raise InvalidParameterError(
+                f"{path} does not fit this run: {len(expected - set(state))} trained parameter(s) missing, "
+                f"{len(set(state) - expected)} unexpected (was it written with another --kind or --lora-rank?)"
+            )
+        model.load_state_dict(state, strict=False)
+
+    accelerator.register_save_state_pre_hook(save)
+    accelerator.register_load_state_pre_hook(load)
 
 
 def _peak_memory_mb(device: torch.device) -> float:
