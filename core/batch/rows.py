@@ -154,14 +154,14 @@ def read_prompts(path: Path) -> list[str]:
 
 def cell_value(action: argparse.Action, value: Any, column: str) -> Any:
     """A manifest cell converted like its flag: type, choices, yes/no for switches."""
-    if action.nargs == 0:  # store_true switches
+    if action.nargs == 0:  # store_true switches: a "no" cell switches off what a flag switched on
         if isinstance(value, bool):
-            return value or None
+            return value
         word = str(value).strip().lower()
         if word in TRUE_WORDS:
             return True
         if word in FALSE_WORDS:
-            return None if action.default is None else False
+            return False
         raise InvalidParameterError(f"column {column} should be yes/no (true/false, 1/0) but is {value!r}")
     if isinstance(value, str):
         value = value.strip()
@@ -263,4 +263,5 @@ def namespace_from_params(params) -> argparse.Namespace:
     for dest, name in LIGHT_DESTS.items():
         setattr(args, dest, None if light is None else light[name])
     args.no_remove_bg = False
+    args.lora = values["loras"] or None  # --lora is repeatable: the list of 'SOURCE:SCALE'
     return args

@@ -57,10 +57,19 @@ def prepare_upload_batch(
     if manifest:
         if Path(manifest).suffix.lower() not in MANIFEST_SUFFIXES:
             raise InvalidParameterError(f"the manifest should be a .csv or .jsonl file but is {Path(manifest).name!r}")
-        sources = read_sources(_copy_in(folder, manifest))
+        # A manifest names uploaded files by file name only: a path cannot reach outside this job's inputs.
+        inputs = folder / INPUTS_FOLDER
+        sources = [
+            SourceRow(str(inputs / Path(row.foreground).name), _uploaded(inputs, row.background), row.cells, row.line)
+            for row in read_sources(_copy_in(folder, manifest))
+        ]
     else:
         sources = [SourceRow(str(path), line=path.name) for path in copies]
     return build_rows(args, sources, None, fc_variant)
+
+
+def _uploaded(inputs: Path, name: str | None) -> str | None:
+    return None if name is None else str(inputs / Path(name).name)
 
 
 def zip_results(folder: Path, records: list[dict]) -> Path:
