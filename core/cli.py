@@ -177,6 +177,17 @@ def params_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+TABLE_START, TABLE_END = "<!-- params:start -->", "<!-- params:end -->"  # where README.md holds params_table()
+
+
+def write_readme_table(readme: Path = Path(__file__).resolve().parent.parent / "README.md") -> None:
+    """Put params_table() between README.md's parameter-table markers (after adding or changing a parameter)."""
+    text = readme.read_text(encoding="utf-8")
+    head, rest = text.split(TABLE_START, 1)
+    _, tail = rest.split(TABLE_END, 1)
+    readme.write_text(f"{head}{TABLE_START}\n{params_table()}{TABLE_END}{tail}", encoding="utf-8")
+
+
 def parse_light(args: argparse.Namespace, base: Light | None) -> tuple[Light | None, bool]:
     """(light, given) from --light and its modifiers; `base` is the light of a --from-png run."""
     modifiers = {field: getattr(args, flag) for flag, field in LIGHT_FLAGS.items() if getattr(args, flag) is not None}

@@ -138,13 +138,13 @@ def test_form_sliders_stay_inside_the_valid_ranges():
 
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-TABLE_START, TABLE_END = "<!-- params:start -->", "<!-- params:end -->"
 
 
 def test_readme_parameter_table_is_the_one_the_schema_renders():
-    from core.cli import params_table
+    from core.cli import TABLE_END, TABLE_START, params_table
 
     text = README.read_text(encoding="utf-8")
     assert TABLE_START in text and TABLE_END in text, "README.md lost its parameter-table markers"
     shown = text.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0].strip()
-    assert shown == params_table().strip(), "README's table is stale: paste core.cli.params_table() between markers"
+    stale = "README's parameter table is stale: python -c 'import core.cli; core.cli.write_readme_table()'"
+    assert shown == params_table().strip(), stale
