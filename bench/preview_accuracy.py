@@ -94,11 +94,16 @@ def score_scene(photograph: Photographer, sources: Iterable[Light], targets: Ite
     return np.array(rows)
 
 
-def _line(label: str, values: np.ndarray, width: int = 22) -> str:
+def describe(light: Light) -> str:
+    """A short name for a light: its direction, fill and softness."""
+    return f"{light.azimuth:.0f}/{light.elevation:.0f} amb {light.ambient:g} soft {light.softness:g}"
+
+
+def _line(label: str, values: np.ndarray, width: int = 34) -> str:
     return f"{label:<{width}}" + "".join(f"{v:>{w}.2f}" for v, w in zip(values, WIDTHS, strict=True))
 
 
-def _header(first: str, width: int = 22) -> str:
+def _header(first: str, width: int = 34) -> str:
     header = f"{first:<{width}}" + "".join(f"{c:>{w}}" for c, w in zip(COLUMNS, WIDTHS, strict=True))
     return header + "\n" + "-" * len(header)
 
@@ -115,10 +120,13 @@ def independent(size: int) -> float:
             by_scene[scene.name] = rows
             print(_line(scene.name, rows.mean(axis=0)))
     every = np.concatenate(list(by_scene.values()))
-    print("-" * 57)
+    print("-" * 69)
     for shape in photo_scenes.SHAPES:
         shape_rows = np.concatenate([r for name, r in by_scene.items() if name.startswith(shape + " /")])
         print(_line(f"mean {shape}", shape_rows.mean(axis=0)))
+    per_source = every.reshape(-1, len(SOURCE_LIGHTS), len(TARGET_LIGHTS), len(COLUMNS))
+    for index, source in enumerate(SOURCE_LIGHTS):
+        print(_line(f"mean, A = {describe(source)}", per_source[:, index].reshape(-1, len(COLUMNS)).mean(axis=0)))
     per_target = every.reshape(-1, len(TARGET_LIGHTS), len(COLUMNS))
     hard = [i for i, t in enumerate(TARGET_LIGHTS) if t.softness == 0.0]
     soft = [i for i in range(len(TARGET_LIGHTS)) if i not in hard]
