@@ -66,6 +66,8 @@ def test_view_api_lists_exactly_the_documented_endpoints(fbc):
         "detail_radius",
         "preserve_color",
         "upscale",
+        "fast",
+        "loras",
     ]
     assert normals == relight
     returns = lambda endpoint: [r["label"] for r in api["named_endpoints"][endpoint]["returns"]]  # noqa: E731

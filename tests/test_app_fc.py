@@ -74,6 +74,8 @@ def test_view_api_lists_exactly_the_documented_endpoints(fc):
         "detail_radius",
         "preserve_color",
         "upscale",
+        "fast",
+        "loras",
     ]
     returns = [r["label"] for r in api["named_endpoints"]["/relight"]["returns"]]
     assert returns == [

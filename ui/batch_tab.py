@@ -18,6 +18,7 @@ from core.params import Matting, Mode, RelightParams, Upscale
 from core.service import Relighter
 from ui.form import CHOICE_NAMES, CUSTOM_LIGHT, FBC_CHOICES, FC_CHOICES, label, params_from_values, ranges
 from ui.jobs import user_error
+from ui.loras import batch_lora_inputs
 from ui.page import GPU_QUEUE
 
 BATCH_FOLDER = "batch"  # under the app's outputs folder: one batch_<time>_<id> folder per run
@@ -184,6 +185,7 @@ def build_batch_tab(relighter: Relighter, mode: Mode, settings) -> None:
                                             label=label("upscale"))  # fmt: skip
             inputs["keep_background"] = gr.Checkbox(defaults.keep_background, label=label("keep_background"))
             inputs["restore_details"] = gr.Checkbox(defaults.restore_details, label=label("restore_details"))
+        inputs.update(batch_lora_inputs(settings.model.models_dir))  # `fast` and `loras`, as /relight takes them
     files = {"foregrounds": foregrounds, "manifest": manifest}
     if background is not None:
         files["background"] = background

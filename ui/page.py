@@ -37,6 +37,7 @@ from ui.form import (
     strict_inputs,
 )
 from ui.handlers import NORMALS_OUTPUTS, RELIGHT_OUTPUTS, STOP_OUTPUTS, AppHandlers, pad_image
+from ui.loras import build_loras
 from ui.settings import AppSettings
 
 IMAGE_HEIGHT = 320  # px of the input and output image boxes
@@ -310,6 +311,7 @@ def build_page(spec: AppSpec, handlers: AppHandlers, settings: AppSettings) -> P
             _build_size(page)
             _build_advanced(page)
             _build_finishing(page)
+            build_loras(page, settings.model.models_dir)  # last: /relight's inputs gain `fast` and `loras` at the end
             page.parts["settings_file"] = gr.File(
                 label="Load settings from a result PNG", file_types=[".png"], type="filepath"
             )
