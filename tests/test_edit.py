@@ -25,7 +25,11 @@ def test_ip2p_trains_exports_a_folder_and_edit_runs_it(tmp_path, tiny_paths, pho
 
     dataset = write_dataset(tmp_path / "data", rows=4)
     out = tmp_path / "run"
-    assert main(train_args(dataset, out, tiny_paths["base"], "--kind", "ip2p", "--conditioning-dropout", "0.2")) == 0
+    args = train_args(dataset, out, tiny_paths["base"], "--kind", "ip2p", "--conditioning-dropout", "0.2",
+                      "--validate-every", "4", "--validation-image", str(photo), "--validation-prompt", "make it warm",
+                      "--validation-steps", "2")  # fmt: skip
+    assert main(args) == 0
+    assert (out / "validation" / "step-000004.png").is_file()
     assert (out / "model" / "model_index.json").is_file()
     assert json.loads((out / "model" / "unet" / "config.json").read_text())["in_channels"] == 8
     results = tmp_path / "edits"

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from train_testing import ROOT, final_weights, log_of, train_args, write_dataset
+from train_testing import ROOT, SIZE, final_weights, log_of, train_args, write_dataset
 
 from core.cli import main
 from core.models.loading import Variant
@@ -159,6 +159,40 @@ def test_two_processes_under_accelerate_launch_match_one_process(tmp_path, datas
     assert moved > 0 and apart < 1e-2 * moved, (float(apart), float(moved))
 
 
+def test_bf16_autocast_lora_ema_and_gradient_checkpointing_together(tmp_path, dataset, tiny_paths):
+    out = tmp_path / "run"
+    args = train_args(dataset, out, tiny_paths["base"], "--mixed-precision", "bf16", "--gradient-checkpointing",
+                      "--lora-rank", "4", "--ema", "--init", "base", steps=2)  # fmt: skip
+    assert main(args) == 0
+    assert all(np.isfinite(row["loss"]) for row in log_of(out))
+    assert (out / Variant.FC.filename).is_file()
+    saved = final_weights(out)  # a LoRA checkpoint holds the adapters and conv_in, not the frozen UNet
+    assert saved and all("lora_" in key or key.startswith("unet.conv_in.") for key in saved)
+
+
+def test_rows_from_a_datasets_table_decode_as_from_the_folder(dataset):
+    """The Hub path: a real `datasets.Dataset` with Image columns gives the same triplets as the folder."""
+    import datasets
+
+    from core.train.data import check_rows, decode_row, load_rows, rows_from_table
+
+    local = load_rows(str(dataset))
+    columns = {
+        "input_image": [str(row.input_image) for row in local],
+        "edit_prompt": [row.edit_prompt for row in local],
+        "edited_image": [str(row.edited_image) for row in local],
+    }
+    table = datasets.Dataset.from_dict(columns)
+    for column in ("input_image", "edited_image"):
+        table = table.cast_column(column, datasets.Image())
+    rows = rows_from_table(table, "a table")
+    good, bad = check_rows(rows, 0.0, "a table")
+    assert len(good) == len(local) and not bad
+    for hub_row, folder_row in zip(rows, local, strict=True):
+        a, b = decode_row(hub_row, SIZE), decode_row(folder_row, SIZE)
+        assert np.array_equal(a.input_image, b.input_image) and np.array_equal(a.edited_image, b.edited_image)
+
+
 # -- errors, all before the first step ---------------------------------------------------------------------------
 
 
@@ -184,6 +218,11 @@ def test_undecodable_images_are_skipped_up_to_the_share_then_fatal(tmp_path, tin
     (data / "in_5.png").write_bytes((data / "in_5.png").read_bytes()[:60])  # truncated
     code, err = run_error(train_args(data, tmp_path / "bad", tiny_paths["base"], "--max-bad-share", "0.2"), capsys)
     assert code == 2 and "2 of 8 rows" in err and "25%" in err and "--max-bad-share 20%" in err
+
+
+def test_an_unreachable_hub_dataset_is_named(tmp_path, tiny_paths, capsys):
+    code, err = run_error(train_args("nobody/no-such-triplets", tmp_path / "run", tiny_paths["base"]), capsys)
+    assert code == 1 and "'nobody/no-such-triplets' could not be loaded from the Hub or its cache" in err
 
 
 def test_a_base_model_that_is_not_sd15_is_refused(tmp_path, dataset, tiny_paths, capsys):

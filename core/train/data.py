@@ -120,17 +120,26 @@ def _hub_rows(repo: str) -> list[Row]:
             f"dataset {repo!r} could not be loaded from the Hub or its cache ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}); pass a local imagefolder with --data"
         ) from exc
-    check_columns(list(table.column_names), repo)
+    return rows_from_table(table, repo)
+
+
+def rows_from_table(table, source: str) -> list[Row]:
+    """Rows of a `datasets.Dataset` with the three columns (images as Image features, paths or bytes)."""
+    import datasets
+
+    check_columns(list(table.column_names), source)
     for column in IMAGE_COLUMNS:
         table = table.cast_column(column, datasets.Image(decode=False))  # decoded by us, bad files counted
     rows = []
     for number, record in enumerate(table):
         images = [_hub_image(record[column]) for column in IMAGE_COLUMNS]
-        rows.append(Row(images[0], _prompt(record[PROMPT], f"{repo} row {number}"), images[1], f"row {number}"))
+        rows.append(Row(images[0], _prompt(record[PROMPT], f"{source} row {number}"), images[1], f"row {number}"))
     return rows
 
 
 def _hub_image(value: Any) -> Path | bytes:
+    if isinstance(value, str):
+        return Path(value)
     if isinstance(value, dict) and value.get("bytes"):
         return value["bytes"]
     if isinstance(value, dict) and value.get("path"):

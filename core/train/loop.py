@@ -42,10 +42,15 @@ class TrainResult:
 def make_accelerator(config: TrainConfig):
     """One Accelerator: GPUs when there are any, else CPU processes over gloo (under `accelerate launch` too)."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
 
     on_cpu = not torch.cuda.is_available()
     if config.mixed_precision == "fp16" and on_cpu:
         raise InvalidParameterError("--mixed-precision fp16 needs a GPU; on CPU use bf16 or no")
+    # accelerate keeps one training state per process and refuses another precision; a second run in the same
+    # process (the tests, a notebook) starts a fresh one. The process group (PartialState) is kept.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     return Accelerator(mixed_precision=config.mixed_precision, cpu=on_cpu)
 
 
