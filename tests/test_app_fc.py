@@ -244,6 +244,14 @@ def test_page_shape_one_progress_bar_no_badges_and_results_after_relight(fc):
     assert components[by_elem["seed-used"]]["props"]["visible"] is False
     mood = next(c for c in config["components"] if c["props"].get("label") == "Mood")["props"]
     assert list(mood["choices"][0]) == ["Any mood", ""] and mood["value"] == ""
+    colour = next(c for c in config["components"] if c["type"] == "colorpicker")["props"]
+    assert colour["min_width"] >= 260  # its pop-up picker is not cut off by the block
+    # An example click fills the form, then scrolls it into view.
+    fill = next(
+        d for d in config["dependencies"] if [tuple(t) for t in d["targets"]] == [(by_elem["examples"], "click")]
+    )
+    scroll = next(d for d in config["dependencies"] if d["trigger_after"] == fill["id"])
+    assert "scrollIntoView" in scroll["js"] and "form-top" in scroll["js"] and by_elem["form-top"] in components
     # Examples under the foreground; on a narrow screen the results come straight after the Relight button.
     order = _layout_order(config["layout"])
     position = {key: order.index(by_elem[key]) for key in ("examples", "relight", "stop", "results", "light-pad")}
