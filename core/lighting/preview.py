@@ -5,8 +5,8 @@ composite touch full resolution, which keeps a 1-megapixel preview far below 150
 
 1. Normals: inflate the matte's silhouette into round bulges (each point lies on a ball as thick as the
    subject), then add weak relief from the luminance's high frequencies.
-2. Shading (Retinex): the log-luminance's gradients, minus those that change colour (paint edges, not light),
-   integrated back into a shading field (a Poisson solve with the discrete cosine transform).
+2. Shading (`core.lighting.retinex`): the log-luminance's gradients, minus those that change colour (paint edges,
+   not light), integrated back into a shading field.
 3. Source light: fit `a + (1 - a) * disc_lambert(n . l)` to that shading against the normals inside the matte
    (grid search over direction and softness, closed-form least squares for the two levels).
 4. Albedo = input / measured shading, so the input's own light (its cast shadows too) is divided out where the
@@ -25,6 +25,7 @@ import numpy as np
 
 from core.errors import InvalidParameterError
 from core.lighting.lights import Light, cover_resize, to_rgb_uint8
+from core.lighting.retinex import push_pull, shading_field
 
 GAMMA = 2.2  # display gamma: shading is computed in linear light, images are stored gamma-encoded
 MAX_SOFT_ANGLE_DEG = 60.0  # softness 1 = a disc light 60 degrees in angular radius (a big soft box up close)
@@ -54,14 +55,10 @@ COARSE_AZIMUTH_STEP, COARSE_ELEVATION_STEP = 20.0, 22.5  # degrees
 COARSE_SOFTNESS = (0.0, 0.5, 1.0)
 REFINE_ROUNDS = 4  # each round searches the 3x3x3 neighbourhood of the best candidate at half the step
 REFINE_OFFSETS = np.arange(-1, 2)
-# Retinex shading.
-PAINT_EDGE = 0.08  # change in chromaticity (L1, rgb summing to 1) between neighbours that marks a paint edge
-DARK_LUMINANCE = 0.02  # below this linear luminance colour is noise: a gradient there is always shading
 # Albedo.
 SHADING_FLOOR = 0.05  # source shading below this is noise: dividing by it would blow the albedo up
 MAX_RATIO = 16.0  # cap on target / source shading, for the same reason
 TRUST_LOW, TRUST_HIGH = 0.02, 0.12  # source shading from which the input's albedo is used at all, and fully
-MIN_FILL_WEIGHT = 0.02  # push-pull: a coarse level fills a finer one where the finer one's weight is below this
 # Re-shading.
 MAX_OPTION = 4.0  # upper bound of specular_strength and detail: beyond it the look breaks down
 DEFAULT_SPECULAR = 0.1  # Blinn-Phong highlight strength for a hard light (a slightly glossy material)
@@ -258,103 +255,10 @@ def _fit(
     return best, float(c0[best] / total) if total > 0.0 else 1.0
 
 
-def _down(field: np.ndarray) -> np.ndarray:
-    """Half-size Gaussian pyramid level, keeping a channel axis if there was one."""
-    smaller = cv2.pyrDown(field)
-    return smaller.reshape(smaller.shape[:2] + field.shape[2:])
-
-
-def _push_pull(values: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """HxWxC weighted average of `values` spread into the places where `weight` is low, coarse to fine."""
-    levels = [(np.ascontiguousarray(values * weight[..., None], dtype=np.float32), weight.astype(np.float32))]
-    while min(levels[-1][1].shape) > 2:
-        num, den = levels[-1]
-        levels.append((_down(num), _down(den)))
-    num, den = levels[-1]
-    total = float(den.sum())
-    mean = num.reshape(-1, num.shape[-1]).sum(axis=0) / total if total > 0.0 else np.zeros(num.shape[-1])
-    estimate = np.broadcast_to(mean.astype(np.float32), num.shape)
-    for num, den in reversed(levels):
-        height, width = den.shape
-        coarse = cv2.resize(estimate, (width, height), interpolation=cv2.INTER_LINEAR).reshape(num.shape)
-        trust = np.minimum(den / MIN_FILL_WEIGHT, 1.0)[..., None]
-        estimate = trust * (num / np.maximum(den, 1e-12)[..., None]) + (1.0 - trust) * coarse
-    return estimate
-
-
-def _poisson(divergence: np.ndarray) -> np.ndarray:
-    """The field whose Laplacian is `divergence` (Neumann edges, zero mean), via the discrete cosine transform."""
-    height, width = divergence.shape
-    # cv2.dct wants even sides: mirror one row / column, which keeps the Neumann condition.
-    padded = cv2.copyMakeBorder(divergence, 0, height % 2, 0, width % 2, cv2.BORDER_CONSTANT, value=0.0)
-    rows, cols = padded.shape
-    spectrum = cv2.dct(padded.astype(np.float64))
-    eigen = (2.0 * np.cos(np.pi * np.arange(cols) / cols) - 2.0)[None, :] + (
-        2.0 * np.cos(np.pi * np.arange(rows) / rows) - 2.0
-    )[:, None]
-    eigen[0, 0] = 1.0
-    spectrum /= eigen
-    spectrum[0, 0] = 0.0
-    return cv2.dct(spectrum, flags=cv2.DCT_INVERSE)[:height, :width].astype(np.float32)
-
-
-def _steps(field: np.ndarray, axis: int) -> np.ndarray:
-    """field[i + 1] - field[i] along `axis` (1: x, 0: y), zero past the last pixel; the same shape as `field`."""
-    step = np.zeros_like(field)
-    if axis == 1:
-        np.subtract(field[:, 1:], field[:, :-1], out=step[:, :-1])
-    else:
-        np.subtract(field[1:], field[:-1], out=step[:-1])
-    return step
-
-
-def _pairs(mask: np.ndarray, axis: int) -> np.ndarray:
-    """True where a pixel and its next neighbour along `axis` are both in `mask`."""
-    both = np.zeros_like(mask)
-    if axis == 1:
-        np.logical_and(mask[:, 1:], mask[:, :-1], out=both[:, :-1])
-    else:
-        np.logical_and(mask[1:], mask[:-1], out=both[:-1])
-    return both
-
-
-def _shading(linear: np.ndarray, inside: np.ndarray) -> np.ndarray:
-    """estimate_shading on a linear image and a boolean matte."""
-    luminance = _dot(linear, LUMA)
-    if not inside.any():
-        return luminance
-    log_lum = np.log(luminance + np.float32(LOG_EPS))
-    # Outside the matte the field is filled from the inside, so the rim adds no false jumps to the solve.
-    log_lum = np.where(inside, log_lum, _push_pull(log_lum[..., None], inside.astype(np.float32))[..., 0])
-    total = linear[..., 0] + linear[..., 1] + linear[..., 2] + np.float32(3 * LOG_EPS)
-    red, green = linear[..., 0] / total, linear[..., 1] / total  # chromaticity; blue is what is left
-    solid = inside & (luminance > DARK_LUMINANCE)  # colour is only meaningful on the lit subject
-    divergence = np.zeros_like(log_lum)
-    for axis in (1, 0):
-        d_red, d_green = _steps(red, axis), _steps(green, axis)
-        paint = np.abs(d_red) + np.abs(d_green) + np.abs(d_red + d_green) > PAINT_EDGE
-        # A colour change between two lit pixels of the subject is paint, not light: drop its step. (A change of
-        # brightness alone stays: it is as often a shadow's edge as a darker paint.)
-        step = np.where(paint & _pairs(solid, axis), np.float32(0.0), _steps(log_lum, axis))
-        divergence += step
-        if axis == 1:
-            divergence[:, 1:] -= step[:, :-1]
-        else:
-            divergence[1:] -= step[:-1]
-    shading = _poisson(divergence)
-    # The solve leaves a constant free: match the input's typical level inside the matte.
-    shading += float(np.median((log_lum - shading)[inside]))
-    return np.exp(shading)
-
-
-def estimate_shading(image: np.ndarray, matte: np.ndarray) -> np.ndarray:
-    """HxW linear luminance with the paint taken out (Retinex): the light falling on the subject, up to a scale."""
-    return _shading(_linear(image), np.asarray(matte) >= MATTE_INSIDE)
-
-
 def estimate_source_light(image: np.ndarray, matte: np.ndarray, normals: np.ndarray) -> Light:
     """The white light (direction, softness, ambient share) that best explains the shading inside the matte."""
-    return _fit_source(estimate_shading(image, matte), matte, normals)
+    linear = _linear(image)
+    return _fit_source(shading_field(linear, _dot(linear, LUMA), np.asarray(matte) >= MATTE_INSIDE), matte, normals)
 
 
 def _fit_source(shading: np.ndarray, matte: np.ndarray, normals: np.ndarray) -> Light:
@@ -412,7 +316,7 @@ def estimate_albedo(
     trust = np.clip((source_shading - TRUST_LOW) / (TRUST_HIGH - TRUST_LOW), 0.0, 1.0).astype(np.float32) * inside
     if not trust.any():
         return raw, trust
-    fill = _push_pull(raw, trust)
+    fill = push_pull(raw, trust)
     return trust[..., None] * raw + (1.0 - trust[..., None]) * fill, trust
 
 
@@ -443,7 +347,7 @@ def relight_maps(
     linear = _linear(image)
     inside = matte >= MATTE_INSIDE
     normals = estimate_normals(matte, image, detail)
-    shading = _shading(linear, inside)
+    shading = shading_field(linear, _dot(linear, LUMA), inside)
     source = _fit_source(shading, matte, normals)
     # The measured shading, scaled to the fitted light's units, is what the input's light really did (normals from
     # the silhouette are only a guess); the fitted light stands in where the measurement is missing.
