@@ -432,3 +432,37 @@ def test_a_failed_save_still_returns_the_images_with_a_notice(tiny_paths, tmp_pa
     assert len(outcome.images) == 1 and outcome.images[0].shape == (64, 64, 3)
     assert outcome.paths == []
     assert outcome.notices == ["the results could not be saved (No space left on device); download them here"]
+
+
+def test_uploads_over_the_cap_are_refused_before_gradio_stores_them(tmp_path, monkeypatch):
+    import httpx
+
+    from core.lighting.suggest import SuggestConfig
+    from core.models.manager import ModelSettings
+    from gradio_fc import create_demo
+    from ui.settings import UPLOAD_CACHE, AppSettings, launch_options
+
+    monkeypatch.setenv("ICLIGHT_MAX_UPLOAD_MB", "0.01")  # 10,485 bytes
+    model = ModelSettings(base_model=str(tmp_path / "none"), models_dir=tmp_path, device="cpu", download=False)
+    settings = AppSettings(model=model, outputs_dir=tmp_path / "out", suggest=SuggestConfig())
+    demo = create_demo(settings=settings)
+    assert demo.delete_cache == UPLOAD_CACHE  # uploads do not pile up in the server's cache
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    options = {**launch_options(settings), "server_name": "127.0.0.1", "server_port": port}
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **options)
+    try:
+        big = np.random.RandomState(0).randint(0, 255, (200, 200, 3), np.uint8)
+        Image.fromarray(big).save(tmp_path / "big.png")
+        upload = {"files": ("big.png", (tmp_path / "big.png").read_bytes(), "image/png")}
+        refused = httpx.post(url + "gradio_api/upload", files=upload)
+        assert (refused.status_code, refused.text) == (
+            413,
+            "File size exceeded maximum allowed size of 10485 bytes.",
+        )
+        small = subject_image(tmp_path / "small.png", size=32)
+        accepted = httpx.post(url + "gradio_api/upload", files={"files": ("small.png", small.read_bytes())})
+        assert accepted.status_code == 200  # and the server goes on answering
+    finally:
+        demo.close()

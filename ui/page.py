@@ -38,7 +38,7 @@ from ui.form import (
 )
 from ui.handlers import NORMALS_OUTPUTS, RELIGHT_OUTPUTS, STOP_OUTPUTS, AppHandlers, pad_image
 from ui.loras import build_loras
-from ui.settings import AppSettings
+from ui.settings import UPLOAD_CACHE, AppSettings
 
 IMAGE_HEIGHT = 320  # px of the input and output image boxes
 PREVIEW_CONCURRENCY = 4  # instant previews are CPU-light; a few run beside a sampling job
@@ -457,7 +457,7 @@ def build_demo(spec: AppSpec, relighter: Relighter | None, settings: AppSettings
     """A whole app page for `spec`; nothing is loaded until the first request."""
     settings = settings or AppSettings.from_env()
     handlers = AppHandlers(relighter or make_relighter(settings), spec.mode, settings.suggest)
-    with gr.Blocks(title=spec.title) as demo:
+    with gr.Blocks(title=spec.title, delete_cache=UPLOAD_CACHE) as demo:
         with gr.Tab("Relight"):
             page = build_page(spec, handlers, settings)
             if spec.add_events is not None:

@@ -21,6 +21,9 @@ EXIT_USAGE = 2  # bad settings, as the CLI
 DEFAULT_QUEUE_SIZE = 20  # jobs waiting beyond this are refused with "queue full" instead of piling up
 DEFAULT_CONCURRENCY = 1  # sampling jobs running at once per GPU
 DEFAULT_OUTPUTS_DIR = PROJECT_ROOT / "outputs"
+# Uploads Gradio keeps in its cache are deleted this often, once they are this old (seconds): a public app would
+# otherwise keep every photo anyone sent.
+UPLOAD_CACHE = (3600, 3600)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -119,6 +122,20 @@ def allowed_paths(settings: AppSettings) -> list[str]:
     return [str(path.resolve()) for path in paths]
 
 
+def launch_options(settings: AppSettings) -> dict[str, Any]:
+    """`demo.launch` arguments: address, port, sharing, served folders and the upload cap."""
+    from core.imaging.inputs import ImageLimits
+
+    return {
+        "server_name": settings.server_name,
+        "server_port": settings.port,
+        "share": settings.share,
+        "allowed_paths": allowed_paths(settings),
+        # Gradio refuses a larger upload before storing it; the image loader's own check comes too late for that.
+        "max_file_size": ImageLimits.from_env().max_upload_bytes,
+    }
+
+
 def main(create_demo: Callable[..., Any], description: str, argv: Sequence[str] | None = None) -> None:
     """Parse flags, build the app and serve it until interrupted."""
     import logging
@@ -129,18 +146,14 @@ def main(create_demo: Callable[..., Any], description: str, argv: Sequence[str] 
     args = parser.parse_args(argv)
     try:
         settings = settings_from_args(args)
+        options = launch_options(settings)
     except ValueError as exc:  # a bad ICLIGHT_* / GRADIO_SERVER_PORT value or flag: one line, no traceback
         parser.exit(EXIT_USAGE, f"error: {exc}\n")
     if settings.port is not None and not 1 <= settings.port <= MAX_PORT:
         parser.exit(EXIT_USAGE, f"error: --port should be between 1 and {MAX_PORT} but is {settings.port}\n")
     demo = create_demo(settings=settings)
     try:
-        demo.launch(
-            server_name=settings.server_name,
-            server_port=settings.port,
-            share=settings.share,
-            allowed_paths=allowed_paths(settings),
-        )
+        demo.launch(**options)
     except OSError as exc:  # the port is taken, or the address is not this machine's
         where = f"{settings.server_name or '127.0.0.1'}:{settings.port or PORT_ENV}"
         parser.exit(EXIT_USAGE, f"error: cannot serve on {where}: {str(exc).splitlines()[0]}\n")
