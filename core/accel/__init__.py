@@ -3,9 +3,10 @@
 Nothing outside this package knows the CPU tricks. `install` routes the UNet's attention through a native kernel
 (`attention`), rewrites the UNet and VAE for oneDNN with packed weights and fused epilogues (`fusion`), runs their
 norms in a native kernel (`norms`) and lets the fused UNet compute classifier-free guidance's shared prefix once;
-`sampling_context` keeps the UNet's big tensors in glibc's heap while it samples (`heap`). Off a bf16 CPU placement
-both leave the models as they are. `ICLIGHT_CPU_ATTENTION`, `ICLIGHT_CPU_FUSION`, `ICLIGHT_CPU_OPS` and
-`ICLIGHT_CPU_ALLOCATOR` switch the parts off one by one (docs/cpu-kernels.md).
+`sampling_context` keeps the UNet's big tensors in glibc's heap while it samples (`heap`). Off CPU both leave the
+models as they are; an fp32 CPU placement only gets channels_last memory. `ICLIGHT_CPU_ATTENTION`,
+`ICLIGHT_CPU_FUSION`, `ICLIGHT_CPU_OPS` and `ICLIGHT_CPU_ALLOCATOR` switch the parts off one by one
+(docs/cpu-kernels.md).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class AccelStatus:
 
 
 def install(unet: nn.Module, vae: nn.Module, placement: Placement, vae_owned: bool = True) -> AccelStatus:
-    """Set up the CPU path for a placed diffusers UNet and VAE; off a bf16 CPU placement they stay as they are.
+    """Set up the CPU path for a placed diffusers UNet and VAE (fully on bf16 CPU placements; nothing off CPU).
 
     `vae_owned=False` marks a caller's VAE: when it would be rewritten, a copy is rewritten and returned instead.
     Running it again on the same models changes nothing; after their weights changed inside `plain_layers` the
