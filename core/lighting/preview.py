@@ -141,11 +141,15 @@ def disc_lambert(cos_theta: np.ndarray, softness: float) -> np.ndarray:
     return _cap_table(round(softness * SOFTNESS_STEPS))[_table_index(cos_theta)]
 
 
+def _level(normals: np.ndarray, light: Light) -> np.ndarray:
+    """HxW linear irradiance of a white light: ambient + (1 - ambient) * intensity * disc_lambert(n . l)."""
+    lambert = disc_lambert(_dot(normals, light.direction), light.softness)
+    return np.float32(light.ambient) + np.float32((1.0 - light.ambient) * light.intensity) * lambert
+
+
 def shade(normals: np.ndarray, light: Light) -> np.ndarray:
     """HxWx3 linear irradiance: colour * (ambient + (1 - ambient) * intensity * disc_lambert(n . l))."""
-    lambert = disc_lambert(_dot(normals, light.direction), light.softness)
-    level = light.ambient + (1.0 - light.ambient) * light.intensity * lambert
-    return level[..., None] * light.rgb.astype(np.float32)
+    return _level(normals, light)[..., None] * light.rgb.astype(np.float32)
 
 
 def specular(normals: np.ndarray, light: Light, strength: float = DEFAULT_SPECULAR) -> np.ndarray:
@@ -351,18 +355,19 @@ def relight_maps(
     source = _fit_source(shading, matte, normals)
     # The measured shading, scaled to the fitted light's units, is what the input's light really did (normals from
     # the silhouette are only a guess); the fitted light stands in where the measurement is missing.
-    model = shade(normals, source)[..., 0]
-    scale = float((shading[inside] * model[inside]).sum()) / max(float((shading[inside] ** 2).sum()), 1e-12)
-    source_shading = np.where(inside, shading * scale, model)
-
+    model = _level(normals, source)
+    measured = shading[inside]
+    scale = float(np.dot(measured, model[inside])) / max(float(np.dot(measured, measured)), 1e-12)
+    source_shading = np.where(inside, shading * np.float32(scale), model)
     albedo, trust = estimate_albedo(linear, matte, source_shading)
     target = shade(normals, light)
     # Texture rides on the full-resolution image through the gain; the filled-in part is smooth and added.
     ratio = np.minimum(trust[..., None] * target / np.maximum(source_shading, SHADING_FLOOR)[..., None], MAX_RATIO)
-    textured = linear * ratio
+    gain = ratio ** np.float32(1.0 / GAMMA)
     relit = albedo * target + specular(normals, light, specular_strength)
-    increment = relit ** (1.0 / GAMMA) - textured ** (1.0 / GAMMA)
-    return ratio ** (1.0 / GAMMA), increment * UINT8_MAX
+    # (image * ratio in linear light) gamma-encoded is image * gain: the textured part needs no second power.
+    increment = relit ** np.float32(1.0 / GAMMA) * np.float32(UINT8_MAX) - image * gain
+    return gain, increment
 
 
 def preview_relight(

@@ -110,6 +110,6 @@ def shading_field(linear: np.ndarray, luminance: np.ndarray, inside: np.ndarray)
             divergence[1:] -= step[:-1]
     shading = poisson(divergence)[:height, :width]
     log_lum = log_lum[:height, :width]
-    # The solve leaves a constant free: match the input's typical level inside the matte.
-    shading += float(np.median((log_lum - shading)[inside]))
+    # The solve leaves a constant free: match the input's mean log level inside the matte.
+    shading += float((log_lum - shading)[inside].mean())
     return np.exp(shading)
