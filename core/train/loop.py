@@ -70,7 +70,7 @@ def train(config: TrainConfig, echo: Callable[[str], None] | None = None, progre
     accelerator = make_accelerator(config)
     main = accelerator.is_main_process
     processes = accelerator.num_processes
-    plan = run_dir.plan_run(config, processes)
+    plan = run_dir.plan_run(config)
     with accelerator.main_process_first():  # a Hub dataset is downloaded once, then read from the cache
         rows = train_data.load_rows(config.data)
     rows, bad = train_data.check_rows(rows, config.max_bad_share, config.data)

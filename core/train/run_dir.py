@@ -65,7 +65,7 @@ def checkpoints(out: Path) -> list[Checkpoint]:
     return sorted(found, key=lambda c: c.step)
 
 
-def plan_run(config: TrainConfig, num_processes: int) -> RunPlan:
+def plan_run(config: TrainConfig) -> RunPlan:
     """Refuse a folder holding a different run; find the checkpoint to continue from (same run or --resume)."""
     out = config.out
     saved = _saved_identity(out)
