@@ -24,7 +24,7 @@ def test_every_check_passes_on_tiny_models(setup):
     results = gpu_check.run_checks(setup, list(gpu_check.CHECKS))
     names = [r.name for r in results]
     assert names == ["fc", "fbc", "fc --low-vram", "fbc --low-vram", "upscale x4 (tiled)", "fast mode (lcm)",
-                     f"batch of {gpu_check.BATCH_SIZE}", "parity fp32 vs official"]  # fmt: skip
+                     f"batch of {gpu_check.TINY_BATCH_SIZE} (local engine)", "parity fp32 vs official"]  # fmt: skip
     assert all(r.ok for r in results), [(r.name, r.note) for r in results]
     timed = [r for r in results if r.name in ("fc", "fbc", "fast mode (lcm)")]
     assert all(r.seconds_per_image > 0 and r.lowres_steps_per_s > 0 and r.highres_steps_per_s > 0 for r in timed)
