@@ -30,7 +30,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from bench.bench_cpu import MatmulProbe, one_phase, unet_flop_counter, write_full_size_model  # noqa: E402
+from bench.bench_cpu import MatmulProbe, one_phase, unet_flop_counter  # noqa: E402
+from core.models.synthetic import write_full_size_model  # noqa: E402
 
 PARTS = ("time_embedding", "conv_in", "down_blocks", "mid_block", "up_blocks", "conv_norm_out", "conv_act", "conv_out")
 PHASE_GAP = 1.6  # two groups of probes this many times apart (geometric means) are two phases

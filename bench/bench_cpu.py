@@ -29,63 +29,6 @@ STEADY = 0.15  # a step ran in one steady phase of the host when its two probes 
 GIB = 1024**3
 
 
-def sd15_unet_config() -> dict:
-    """The SD 1.5 UNet architecture (what realistic-vision-v51 and every SD 1.5 finetune use)."""
-    return dict(
-        sample_size=64,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=768,
-        attention_head_dim=8,
-    )
-
-
-def write_full_size_model(folder: Path) -> Path:
-    """Write a random full-size SD 1.5 diffusers folder and an fc offset file (once; reused afterwards)."""
-    import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from safetensors.torch import save_file
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from core.models.loading import Variant
-    from core.models.synthetic import make_offset, save_sd15_folder
-
-    done = folder / "DONE"
-    if done.exists():
-        return folder
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(**sd15_unet_config())
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=2,
-        sample_size=512,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            hidden_size=768,
-            intermediate_size=3072,
-            num_attention_heads=12,
-            num_hidden_layers=12,
-            vocab_size=49408,
-            max_position_embeddings=77,
-            hidden_act="quick_gelu",
-        )
-    )
-    save_sd15_folder(folder / "base", text_encoder, vae, unet)  # tokenizer cost is the same as CLIP's
-    offset = make_offset(unet, Variant.FC, scale=1e-3)
-    (folder / "models").mkdir(exist_ok=True)
-    save_file(offset, str(folder / "models" / Variant.FC.filename))
-    done.write_text("ok")
-    return folder
-
-
 class MatmulProbe:
     """Best observed TFLOP/s of a square matmul in one dtype, measured whenever asked (the host's speed drifts)."""
 
@@ -197,8 +140,10 @@ def unet_flop_counter(width: int, height: int, in_channels: int = 8):
     from diffusers import UNet2DConditionModel
     from torch.utils.flop_counter import FlopCounterMode
 
+    from core.models.synthetic import SD15_UNET_CONFIG
+
     with torch.device("meta"), torch.no_grad():
-        unet = UNet2DConditionModel(**{**sd15_unet_config(), "in_channels": in_channels})
+        unet = UNet2DConditionModel(**{**SD15_UNET_CONFIG, "in_channels": in_channels})
         latents = torch.empty(2, in_channels, height // 8, width // 8)
         counter = FlopCounterMode(display=False)
         with counter:
@@ -240,7 +185,7 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads")
     # Written in a child process so this parent stays small (children would otherwise inherit its footprint).
-    subprocess.run([sys.executable, "-c", "from bench.bench_cpu import write_full_size_model as w; "
+    subprocess.run([sys.executable, "-c", "from core.models.synthetic import write_full_size_model as w; "
                     f"from pathlib import Path; w(Path({str(args.cache_dir)!r}))"], check=True, cwd=ROOT)  # fmt: skip
     peak = matmul_peak()
     flops = count_unet_flops(args.width, args.height)
