@@ -298,10 +298,14 @@ def test_a_pad_click_places_the_light_where_the_sphere_was_clicked(handlers):
     assert choice == CUSTOM_LIGHT and image.shape == (PAD_SIZE, PAD_SIZE, 3)
 
 
-def test_named_choices_put_the_official_light_on_the_pad(handlers):
-    azimuth, elevation, color, intensity, ambient, softness, image = handlers.choice_changed("Right Light")
-    assert Light(azimuth, elevation, color, intensity, ambient, softness) == Light.named("right")
-    assert all(isinstance(value, dict) for value in handlers.choice_changed(CUSTOM_LIGHT))  # gr.skip() updates
+def test_named_choices_put_the_official_direction_on_the_pad(handlers):
+    pad = (45.0, 30.0, "#ffb070", 1.5, 0.3, 0.2)
+    azimuth, elevation, *rest, image = handlers.choice_changed("Right Light", *pad)
+    official = Light.named("right")
+    assert (azimuth, elevation) == (official.azimuth, official.elevation)
+    assert all(isinstance(value, dict) for value in rest)  # gr.skip(): colour, intensity, ambient, softness stay
+    assert image.shape == (PAD_SIZE, PAD_SIZE, 3)
+    assert all(isinstance(value, dict) for value in handlers.choice_changed(CUSTOM_LIGHT, *pad))
 
 
 def test_a_suggestion_chip_replaces_the_lighting_and_sets_the_light(handlers):
@@ -378,6 +382,9 @@ def test_status_line_is_one_plain_line_with_details_in_a_fold(tiny_paths, tmp_pa
     line, details = present.split("\n\n", 1)
     assert line == "Ready · fc · CPU fp32 · RMBG-1.4"
     assert details.startswith("<details><summary>details</summary>") and "IC-Light fc" in details
+    # The details name the weight file, so a fine-tuned offset in its own --models-dir is visible as such.
+    settings = tiny_model_settings(tiny_paths)
+    assert f"IC-Light fc: {Path(settings.models_dir) / 'iclight_sd15_fc.safetensors'}" in details
     offline = ModelManager(tiny_model_settings(tiny_paths, models_dir=tmp_path))
     text = status_line(offline, Variant.FBC, "GrabCut")
     assert text.startswith("Weights missing · fbc · CPU fp32 · GrabCut\n")

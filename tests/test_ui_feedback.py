@@ -18,7 +18,7 @@ from core.models.loading import Variant
 from core.models.manager import ModelManager
 from core.params import Matting, Mode
 from ui.feedback import JobTracker, planned_size, relight_button, require_models, stop_message, weights_banner
-from ui.form import CUSTOM_LIGHT, PAD_FIELDS, pad_values
+from ui.form import CUSTOM_LIGHT, PAD_FIELDS, light_fields, pad_light, pad_values
 from ui.handlers import PAD_TAKES_OVER, AppHandlers
 
 FAST = {"prompt": "a ball", "steps": 2, "width": 256, "height": 256, "highres_scale": 1.0, "matting": "none"}
@@ -189,10 +189,16 @@ def test_fbc_pad_use_switches_an_image_source_to_the_pad_light(tiny_paths, sourc
     assert fc.pad_moved("None", *_pad(Light(azimuth=30)))[1] == CUSTOM_LIGHT
 
 
-def test_a_named_light_resets_ambient_to_the_official_zero(tiny_paths):
+def test_a_named_light_keeps_the_users_ambient(tiny_paths):
     handlers = AppHandlers(CountingRelighter(ModelManager(tiny_model_settings(tiny_paths))), Mode.FC)
-    values = dict(zip(PAD_FIELDS, handlers.choice_changed("Top Light")[: len(PAD_FIELDS)], strict=True))
-    assert values["ambient"] == 0.0 and values["azimuth"] == 90
+    pad = _pad(Light(azimuth=30, elevation=20, ambient=0.4))
+    values = dict(zip(PAD_FIELDS, handlers.choice_changed("Top Light", *pad)[: len(PAD_FIELDS)], strict=True))
+    assert values["azimuth"] == 90 and values["elevation"] == 0
+    assert isinstance(values["ambient"], dict)  # gr.skip(): the slider keeps 0.4
+    # The relight itself still uses the official top gradient, whatever the pad's ambient.
+    assert light_fields(Mode.FC, "Top Light", pad_light(dict(zip(PAD_FIELDS, pad, strict=True)))) == {
+        "light": Light.named("top")
+    }
 
 
 # -- notices and the truth in the outputs ----------------------------------------------------------------------------

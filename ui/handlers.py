@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 import time
@@ -343,12 +344,17 @@ class AppHandlers:
             gr.Info(PAD_TAKES_OVER)
         return chosen
 
-    def choice_changed(self, choice: str) -> tuple:
-        """Left/Right/Top/Bottom put exactly the official light on the pad; other choices leave it."""
-        light = named_light(choice)
-        if light is None:
+    def choice_changed(self, choice: str, *pad: Any) -> tuple:
+        """Left/Right/Top/Bottom move the pad light to the official direction; other choices leave it."""
+        official = named_light(choice)
+        if official is None:
             return (gr.skip(),) * (len(PAD_FIELDS) + 1)
-        return (*pad_values(light), pad_image(light))
+        # Only the direction moves: colour, intensity, ambient and softness stay as the user set them (they shape
+        # the preview and a later Custom Light; a named choice relights with the official gradient regardless).
+        current = pad_light(dict(zip(PAD_FIELDS, pad, strict=True))) if pad else official
+        placed = dataclasses.replace(current, azimuth=official.azimuth, elevation=official.elevation)
+        moved = (placed.azimuth, placed.elevation)
+        return (*moved, *(gr.skip(),) * (len(PAD_FIELDS) - len(moved)), pad_image(placed))
 
     def show_suggestions(self, result: dict[str, Any] | None) -> tuple:
         """The suggestion chips and the line saying where they came from."""

@@ -63,7 +63,7 @@ MATTING_NOTE = (
 )
 SCROLL_TO_FORM = "() => document.getElementById('form-top')?.scrollIntoView({behavior: 'smooth', block: 'start'})"
 MOOD_ANY = "Any mood"  # the Mood dropdown's blank choice: suggestions for no mood in particular
-CHOICE_INFO = "Left/Right/Top/Bottom are the official lights (no ambient); the light pad makes a Custom Light."
+CHOICE_INFO = "Left/Right/Top/Bottom relight with the official gradients; the light pad makes a Custom Light."
 UPSCALE_LABELS = {Upscale.OFF: "Off", Upscale.X2: "x2", Upscale.X4: "x4", Upscale.P1080: "1080p (short side)"}
 
 
@@ -352,7 +352,7 @@ def _wire(page: Page, settings: AppSettings) -> None:
         outputs=[parts["pad"], choice],
         **private,
     )
-    choice.change(h.choice_changed, inputs=choice, outputs=[*pad_inputs, parts["pad"]], **private)
+    choice.change(h.choice_changed, inputs=[choice, *pad_inputs], outputs=[*pad_inputs, parts["pad"]], **private)
     # Instant preview of the user's own image under the pad light (/preview).
     matting = gr.State(Matting.RMBG.value)
     inputs["matting"].change(lambda value: value, inputs=inputs["matting"], outputs=matting, **private)

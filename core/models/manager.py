@@ -223,7 +223,9 @@ class ModelManager:
             state = f"weights missing: put {variant.filename} in {Path(self.settings.models_dir).resolve()}"
             if self.settings.download and not offline_mode():
                 state += " (or let the first run download it)"
-        text = f"base model {self.settings.base_model} · IC-Light {variant.value} ({state})"
+        # Name the weight file: a fine-tuned offset (`python -m core train`) sits in its own --models-dir.
+        weights = "in-memory offset" if variant in self._offsets else str(self.weights_path(variant))
+        text = f"base model {self.settings.base_model} · IC-Light {variant.value}: {weights} ({state})"
         text += f" · {self.placement.describe()}"
         loaded = self._loaded(variant)
         if loaded:
