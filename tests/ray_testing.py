@@ -19,7 +19,7 @@ def ray_cluster():
     started = not ray.is_initialized()
     if started:
         paths = os.pathsep.join([str(ROOT), str(ROOT / "tests")])
-        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES,
+        ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES,
                  runtime_env={"env_vars": {"PYTHONPATH": paths, "HF_HUB_OFFLINE": "1", "ICLIGHT_OFFLINE": "1"}},
                  log_to_driver=False)  # fmt: skip
     yield ray

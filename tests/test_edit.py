@@ -43,6 +43,20 @@ def test_ip2p_trains_exports_a_folder_and_edit_runs_it(tmp_path, tiny_paths, pho
     assert params.extra["image_guidance"] == 1.5 and (params.width, params.height) == (72, 64)
     assert np.array_equal(np.asarray(Image.open(files[0])), np.asarray(Image.open(files[1])))  # same seed
 
+    # --lora: fused into the exported UNet at its scale, recorded in the metadata; scale 0 is the plain edit.
+    from diffusers import UNet2DConditionModel
+    from lora_files import UNET_TARGETS, diffusers_file, lora_tensors
+
+    unet = UNet2DConditionModel.from_pretrained(str(out / "model" / "unet"))
+    lora = diffusers_file(lora_tensors(unet, UNET_TARGETS, seed=5), None, tmp_path / "style.safetensors")
+    for spec in (f"{lora}:1.5", f"{lora}:0"):
+        assert main([*args, "--lora", spec]) == 0
+    with_lora, at_zero = sorted(results.glob("*.png"))[2:]
+    plain = np.asarray(Image.open(files[0]))
+    assert not np.array_equal(np.asarray(Image.open(with_lora)), plain)
+    assert np.array_equal(np.asarray(Image.open(at_zero)), plain)
+    assert [spec.to_text() for spec in read_params(with_lora).loras] == [f"{lora}:1.5"]
+
 
 def test_edit_refuses_a_model_that_is_not_instruct_pix2pix(tmp_path, tiny_paths, photo, capsys):
     args = ["edit", "--model", str(tiny_paths["base"]), "--image", str(photo), "--instruction", "warm",

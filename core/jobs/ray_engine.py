@@ -64,7 +64,8 @@ def _connect(address: str | None) -> bool:
         if address:
             ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING, log_to_driver=False)
         else:
-            ray.init(runtime_env=runtime_env, include_dashboard=False, logging_level=logging.WARNING,
+            # "local": a new in-process cluster, even when another one (`ray start`) runs on this machine.
+            ray.init(address="local", runtime_env=runtime_env, include_dashboard=False, logging_level=logging.WARNING,
                      log_to_driver=False)  # fmt: skip
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray"

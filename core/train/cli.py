@@ -64,6 +64,10 @@ def register(sub) -> None:
     e.add_argument("--width", type=int, help="output width, multiple of 8 (default: the image's, rounded down)")
     e.add_argument("--height", type=int, help="output height, multiple of 8 (default: the image's, rounded down)")
     e.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps, cpu")
+    e.add_argument("--lora", action="append", default=[], metavar="SOURCE[:SCALE]",
+                   help="an SD 1.5 LoRA (a .safetensors path, a file in models/loras/ or a Hub id) fused at SCALE "
+                   "in [-2, 2] (default 1); repeat for more")  # fmt: skip
+    e.add_argument("--offline", action="store_true", help="never download (a Hub LoRA must be in models/loras/)")
     e.add_argument("--out", required=True, type=Path, help="folder for the results (never overwritten)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(run=run_edit)
@@ -101,7 +105,7 @@ def run_edit(args: argparse.Namespace) -> int:
         raise InvalidParameterError(f"--image {args.image} does not exist or is not a file")
     paths = edit(args.model, args.image, args.instruction, args.out, image_guidance=args.image_guidance, cfg=args.cfg,
                  steps=args.steps, seed=args.seed, width=args.width, height=args.height, device=args.device,
-                 quiet=args.quiet)  # fmt: skip
+                 quiet=args.quiet, loras=args.lora, download=not args.offline)  # fmt: skip
     for path in paths:
         print(path)
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,8 @@ def edit(
     height: int | None = None,
     device: str = "auto",
     quiet: bool = False,
+    loras: Sequence[str] = (),
+    download: bool = True,
 ) -> list[Path]:
     """Edit `image` by `instruction`; the result is a new PNG in `out` carrying every parameter."""
     import torch
@@ -74,6 +77,8 @@ def edit(
     from core.imaging.inputs import load_image
     from core.imaging.outputs import save_result
     from core.models.devices import resolve_placement
+    from core.models.loading import default_models_dir, offline_mode
+    from core.models.lora import coerce_loras, fuse_loras, read_lora, resolve_lora
     from core.params import Matting, RelightParams
 
     # 1. Check inputs (before any model loads)
@@ -84,8 +89,15 @@ def edit(
     w, h = output_size(source.rgb, width, height)
     notes = {"engine": "edit", "image_guidance": image_guidance, "model": str(folder)}
     params = RelightParams(prompt=instruction, added_prompt="", negative_prompt="", width=w, height=h, steps=steps,
-                           cfg=cfg, seed=seed, matting=Matting.NONE, extra=notes)  # fmt: skip
+                           cfg=cfg, seed=seed, matting=Matting.NONE, loras=coerce_loras(list(loras)),
+                           extra=notes)  # fmt: skip
     _check_out_dir(Path(out))
+    # LoRA files are found and checked before the pipeline loads (a missing or SDXL LoRA costs no model load).
+    download = download and not offline_mode()
+    widths = (_config_value(folder / "unet", "cross_attention_dim", 768), _config_value(folder / "text_encoder",
+              "hidden_size", 768))  # fmt: skip
+    lora_files = [(read_lora(resolve_lora(spec.source, default_models_dir(), download=download), *widths), spec.scale)
+                  for spec in params.loras if spec.scale != 0]  # fmt: skip
 
     # 2. Load the pipeline (fp32 on CPU: diffusers' bf16 CPU path is slower than fp32)
     from diffusers import StableDiffusionInstructPix2PixPipeline
@@ -97,6 +109,8 @@ def edit(
                                                                       safety_checker=None)  # fmt: skip
     except (OSError, ValueError) as exc:
         raise WeightsNotFoundError(f"{folder} could not be loaded as an InstructPix2Pix pipeline ({exc})") from exc
+    if lora_files:  # fused into the weights, as the relight path does: no adapter layers left at sampling time
+        fuse_loras(pipe.unet, pipe.text_encoder, lora_files)
     pipe.to(placement.torch_device)
     pipe.set_progress_bar_config(disable=quiet)
 
@@ -109,3 +123,11 @@ def edit(
                   guidance_scale=cfg, generator=generator, output_type="np")  # fmt: skip
     edited = (result.images[0] * 255).round().clip(0, 255).astype(np.uint8)
     return [save_result(edited, params, Path(out), stem=STEM)]
+
+
+def _config_value(folder: Path, key: str, default: int) -> int:
+    """One number from a model folder's config.json (read before the model loads, to check LoRAs against it)."""
+    try:
+        return int(json.loads((folder / "config.json").read_text()).get(key, default))
+    except (OSError, ValueError, TypeError):
+        return default
