@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Any
 
 from core.errors import InvalidParameterError
 from core.jobs import JobRow, job_key
+from core.jsonl import json_objects
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
@@ -84,15 +84,7 @@ def _read_manifest(path: Path) -> list[SourceRow]:
         columns = list(reader.fieldnames or [])
     else:
         columns = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InvalidParameterError(f"manifest {path} line {number} is not JSON: {exc.msg}") from None
-            if not isinstance(record, dict):
-                raise InvalidParameterError(f"manifest {path} line {number} should be a JSON object but is {line!r}")
+        for number, record in json_objects(text, f"manifest {path}"):
             records.append((f"{path.name} line {number}", record))
             columns += [k for k in record if k not in columns]
     if "foreground" not in columns:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import InvalidParameterError, WeightsNotFoundError
+from core.jsonl import json_objects
 
 logger = logging.getLogger(__name__)
 
@@ -77,17 +77,7 @@ def _metadata_file(folder: Path) -> Path:
 
 def _local_rows(folder: Path) -> list[Row]:
     metadata = _metadata_file(folder)
-    records: list[dict[str, Any]] = []
-    for number, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InvalidParameterError(f"{metadata} line {number} is not JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise InvalidParameterError(f"{metadata} line {number} is not a JSON object: {line[:80]!r}")
-        records.append(record)
+    records = [record for _, record in json_objects(metadata.read_text(encoding="utf-8"), str(metadata))]
     if not records:
         raise InvalidParameterError(f"{metadata} has no rows")
     found: set[str] = set().union(*records)
