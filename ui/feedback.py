@@ -127,7 +127,7 @@ def stop_message(tracker: JobTracker | None, wait_s: float = STOP_WAIT_S) -> str
 
 def planned_size(width: float, height: float, highres_scale: float, upscale: str) -> str:
     """Markdown: the size each result will have after the high-res pass and upscaling."""
-    from core.finishing.upscale import _target_size  # the upscaler's own size rule, so the two never disagree
+    from core.finishing.upscale import target_size  # the upscaler's own size rule, so the two never disagree
 
     try:
         params = RelightParams(width=int(width), height=int(height), highres_scale=float(highres_scale))
@@ -138,7 +138,7 @@ def planned_size(width: float, height: float, highres_scale: float, upscale: str
     steps = [f"{params.width}×{params.height} px"]
     if size != (params.width, params.height):
         steps.append(f"high-res ×{params.highres_scale:g}: {size[0]}×{size[1]}")
-    final = _target_size(*size, target)
+    final = target_size(*size, target)
     if final is not None:
         steps.append(f"upscale {target.value}: {final[0]}×{final[1]}")
         size = final

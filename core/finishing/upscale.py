@@ -116,7 +116,7 @@ class Upscaler:
         image = _check_image(image)
         height, width = image.shape[:2]
         # 2. Work out the exact output size
-        target = _target_size(width, height, mode)
+        target = target_size(width, height, mode)
         if target is None:
             return UpscaleResult(image, None, False)
         # 3. Model passes until both sides reach the target, then Lanczos to the exact size
@@ -210,7 +210,7 @@ def _splits(length: int, tile: int) -> list[tuple[int, int]]:
     return list(zip(edges[:-1], edges[1:], strict=True))
 
 
-def _target_size(width: int, height: int, mode: Upscale) -> tuple[int, int] | None:
+def target_size(width: int, height: int, mode: Upscale) -> tuple[int, int] | None:
     """(width, height) of the final image, or None when nothing is to be done."""
     if mode is Upscale.OFF:
         return None

@@ -47,8 +47,7 @@ def missing_models(manager: ModelManager, variant: Variant) -> list[MissingModel
 
 def _missing_base(manager: ModelManager) -> MissingModel | None:
     """The base model when it is neither in memory, nor a local folder/file, nor in the Hub cache."""
-    # An in-memory base (tests, embedding apps) is always present; the manager keeps it private, so ask for it.
-    if getattr(manager, "_injected_base", None) is not None:
+    if manager.has_base_in_memory:
         return None
     name = str(manager.settings.base_model)
     try:

@@ -161,6 +161,11 @@ class ModelManager:
         return cls(settings or ModelSettings(base_model="in-memory components"), base=base, offsets=offsets)
 
     @property
+    def has_base_in_memory(self) -> bool:
+        """True when the base model was handed in as modules (tests, embedding apps): nothing to find on disk."""
+        return self._injected_base is not None
+
+    @property
     def placement(self) -> Placement:
         """Device and dtypes, decided once on first use (never at import)."""
         if self._placement is None:
